@@ -1,0 +1,348 @@
+r"""Segments -> expected cumulative charge on pixels (the collection model).
+
+Every segment is chopped on the host into sub-points of length <= ``step_cm`` (default 0.04 cm,
+small against the diffusion widths; the step error is measured in ``tests/test_charge.py``). Sub-point
+i carries ``dl_i`` cm of its segment s(i) and, for a segment dE/dx (MeV/cm, the latent of the model),
+
+.. math:: n_i = R(\mathrm{dE/dx}_s)\, \mathrm{dE/dx}_s\, dl_i / W_{ion}\; e^{-t_{d,i}/\tau},
+          \qquad t_{d,i} = d_i / v_d(E),
+
+electrons reach the anode at ``t_i = t0_i + t_{d,i}`` as a Gaussian cloud of widths
+``sigma_T = sqrt(2 D_T t_d)`` in the plane and ``sigma_t = sqrt(2 D_L t_d) / v_d`` in time. The
+expected cumulative charge of pixel channel c (one pixel in one readout event) at the end of tick j
+of its window is
+
+.. math:: Q_c[j] = \sum_{i} n_i\, F_u(i, c)\, F_v(i, c)\,
+          \Phi\big(((o_c + j + 1)\,\Delta t - t_i) / \sigma_{t,i}\big),
+
+with F the fraction of the transverse Gaussian over the pixel pad (erf integrals) and ``o_c`` the
+window origin (in ticks).
+
+Static shapes. The host decides, from the geometry and the *prior ranges* of the card (so that no
+parameter value inside them can need more): which sub-point/pixel pairs exist (a (2n+1)^2 pixel
+neighbourhood, n = ceil(n_sigma sigma_T,max / pitch), pairs whose largest possible pad fraction is
+below ``prune`` dropped), the channel set, and each channel's window *length*. Channels are grouped
+into buckets of equal window length (a few powers of two) so cost follows the data, not the worst
+channel. The window *origin* is computed inside the jitted function from the parameters
+(``o_c = floor(min_i (t_i - n_sigma sigma_t,i) / dt) - 1``, integer, no gradient), so a new E that
+moves every arrival time moves the window with it and never recompiles.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import ndtr
+
+from . import geometry as geo
+from .data import Segments
+from .detector import DetectorCard
+from .physics import (
+    DetectorParams,
+    diffusion_sigma,
+    drift_velocity,
+    ionization_electrons,
+    lifetime_factor,
+    pad_fraction,
+)
+
+#: Floor on the transverse width, cm, and on the arrival-time width, us, for charge produced on the
+#: anode plane (keeps derivatives finite; far below any pixel or tick scale).
+SIGMA_T_FLOOR_CM = 1e-4
+SIGMA_TIME_FLOOR_US = 1e-3
+
+#: Allowed window lengths, ticks: steps of 16 up to 128, then about x1.5 (cost ~ W to W^2).
+WINDOW_CLASSES = (32, 48, 64, 80, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
+
+
+class SubPoints(NamedTuple):
+    """Per sub-point constants (device arrays)."""
+
+    seg: jax.Array  # (S,) int32 segment index
+    dl: jax.Array  # (S,) cm of segment represented
+    drift: jax.Array  # (S,) cm from the anode along the drift axis
+    t0: jax.Array  # (S,) us deposition time
+    inside: jax.Array  # (S,) 1.0 inside a drift volume, else 0.0
+
+
+class Bucket(NamedTuple):
+    """Channels sharing one window length W (all device arrays; shapes are the static sizes).
+
+    pair_*   : (P,) one entry per (sub-point, channel) pair
+    pair_u/v : (P, 2) pad edges relative to the sub-point, cm: (lo, hi)
+    ticks    : (W,) int32 arange(W); its length is the static window length
+    n_chan   : (C,) zeros; its length is the static number of channels
+    """
+
+    pair_sub: jax.Array
+    pair_chan: jax.Array
+    pair_u: jax.Array
+    pair_v: jax.Array
+    ticks: jax.Array
+    n_chan: jax.Array
+
+    @property
+    def n_channels(self) -> int:
+        return int(self.n_chan.shape[0])
+
+    @property
+    def window(self) -> int:
+        return int(self.ticks.shape[0])
+
+
+class Channels(NamedTuple):
+    """Host-side identity of the channels of one bucket (NumPy, never traced)."""
+
+    event: np.ndarray  # (C,) int64 event id
+    pixel: np.ndarray  # (C,) int64 global pixel id
+
+
+class ChargePlan(NamedTuple):
+    """Everything the jitted charge model needs besides the parameters and dE/dx.
+
+    ``sub`` and ``buckets`` are device pytrees (pass them to jitted functions); ``channels`` is the
+    host-side identity of each bucket's channels, in the same order.
+    """
+
+    sub: SubPoints
+    buckets: tuple[Bucket, ...]
+    channels: tuple[Channels, ...]
+    n_segments: int
+
+
+class PlanInfo(NamedTuple):
+    """Host-side summary of a plan (for logs and benchmarks)."""
+
+    n_segments: int
+    n_subpoints: int
+    n_pairs: int
+    n_channels: int
+    windows: tuple[int, ...]
+    channels_per_bucket: tuple[int, ...]
+
+
+def _param_extremes(card: DetectorCard):
+    p = {s.name: (s.low, s.high) for s in card.params}
+    T = card.physics.temperature_K
+    v = np.array([float(drift_velocity(e, T)) for e in np.linspace(*p["E"], 11)])
+    return p, float(v.min()), float(v.max())
+
+
+def plan_charge(
+    card: DetectorCard,
+    segments: Segments,
+    *,
+    step_cm: float = 0.04,
+    n_sigma: float = 5.0,
+    prune: float = 1e-7,
+    window_classes: tuple[int, ...] = WINDOW_CLASSES,
+    dtype=jnp.float32,
+) -> ChargePlan:
+    """Chop segments, choose pixel channels and window lengths on the host (static shapes).
+
+    Parameters
+    ----------
+    step_cm : maximum sub-point length, cm.
+    n_sigma : transverse and temporal coverage of each Gaussian cloud, in units of the largest
+        width allowed by the card's prior ranges.
+    prune : pairs whose pad fraction can never exceed this (at any allowed D_T, E) are dropped; the
+        charge lost per sub-point is below ``(2n+1)^2 * prune``.
+    window_classes : allowed window lengths (ticks); each channel gets the smallest that fits.
+    """
+    segments.validate()
+    g = card.geometry
+    el = card.electronics
+    tick = el.tick_us
+    ranges, v_min, v_max = _param_extremes(card)
+    dl_hi, dt_hi = ranges["D_L"][1], ranges["D_T"][1]
+    dt_lo = ranges["D_T"][0]
+
+    # --- chop segments into sub-points -------------------------------------------------------
+    dx = segments.dx
+    nsub = np.maximum(1, np.ceil(dx / step_cm - 1e-9)).astype(np.int64)
+    seg_of = np.repeat(np.arange(segments.n), nsub)
+    first = np.repeat(np.cumsum(nsub) - nsub, nsub)
+    k = np.arange(seg_of.size) - first
+    frac = (k + 0.5) / nsub[seg_of]
+    pos = segments.start[seg_of] + frac[:, None] * (segments.end - segments.start)[seg_of]
+    dl = dx[seg_of] / nsub[seg_of]
+    tpc = geo.tpc_of_points(card, pos)
+    inside = tpc >= 0
+    tpc_c = np.where(inside, tpc, 0)
+    drift = np.where(inside, geo.drift_distance(card, tpc_c, pos), 0.0)
+    drift = np.maximum(drift, 0.0)
+    t0 = segments.t0[seg_of]
+    event = segments.event_id[seg_of]
+
+    # --- transverse neighbourhood from the widest allowed cloud ------------------------------
+    td_max = drift / v_min
+    sig_t_max = np.sqrt(2 * dt_hi * td_max + SIGMA_T_FLOOR_CM**2)
+    sig_t_min = np.sqrt(2 * dt_lo * drift / v_max + SIGMA_T_FLOOR_CM**2)
+    nb = max(1, math.ceil(n_sigma * float(sig_t_max.max(initial=0.0)) / g.pixel_pitch_cm))
+    off = np.arange(-nb, nb + 1)
+    oi, oj = (a.ravel() for a in np.meshgrid(off, off, indexing="ij"))
+    u = pos[:, g.plane_axes[0]]
+    v = pos[:, g.plane_axes[1]]
+    ix0, iy0 = geo.pixel_indices(card, tpc_c, u, v)
+    ix = ix0[:, None] + oi[None, :]
+    iy = iy0[:, None] + oj[None, :]
+    umin = np.array([t.plane_min_cm[0] for t in g.tpcs])[tpc_c]
+    vmin = np.array([t.plane_min_cm[1] for t in g.tpcs])[tpc_c]
+    p = g.pixel_pitch_cm
+    ulo = umin[:, None] + ix * p - u[:, None]
+    vlo = vmin[:, None] + iy * p - v[:, None]
+
+    def max_frac(lo, sig_lo, sig_hi):
+        # largest pad fraction over sigma in [sig_lo, sig_hi] (fraction is monotone in sigma away
+        # from the pad and maximal at the smallest sigma when the centre is inside the pad)
+        f1 = np.asarray(pad_fraction(lo, lo + p, sig_lo[:, None]))
+        f2 = np.asarray(pad_fraction(lo, lo + p, sig_hi[:, None]))
+        return np.maximum(f1, f2)
+
+    keep = (
+        inside[:, None]
+        & geo.pixel_in_range(card, tpc_c[:, None], ix, iy)
+        & (max_frac(ulo, sig_t_min, sig_t_max) * max_frac(vlo, sig_t_min, sig_t_max) > prune)
+    )
+    ps, pk = np.nonzero(keep)
+    pix = geo.pixel_id(card, tpc_c[ps], ix[ps, pk], iy[ps, pk])
+    ev = event[ps]
+    # channel = unique (event, pixel)
+    key = np.stack([ev, pix], axis=1)
+    chan_keys, pair_chan_all = np.unique(key, axis=0, return_inverse=True)
+    pair_chan_all = pair_chan_all.ravel()
+
+    # --- window length per channel at the extreme parameters ---------------------------------
+    sig_time = np.sqrt(2 * dl_hi * drift[ps] / v_min) / v_min + SIGMA_TIME_FLOOR_US
+    nc = chan_keys.shape[0]
+    span = np.zeros(nc)
+    for vel in (v_min, v_max):  # arrival spread is t0 + d/v: extreme at one end of the E range
+        t_arr = t0[ps] + drift[ps] / vel
+        lo = np.full(nc, np.inf)
+        hi = np.full(nc, -np.inf)
+        np.minimum.at(lo, pair_chan_all, t_arr - n_sigma * sig_time)
+        np.maximum.at(hi, pair_chan_all, t_arr + n_sigma * sig_time)
+        span = np.maximum(span, hi - lo)
+    span_ticks = np.ceil(span / tick) + el.hold_ticks + 4
+    classes = np.asarray(sorted(window_classes))
+    if span_ticks.max(initial=0) > classes[-1]:
+        raise ValueError(
+            f"a pixel channel needs a window of {int(span_ticks.max())} ticks, more than the largest "
+            f"class {classes[-1]}: a track nearly parallel to the drift axis (see selection cuts)"
+        )
+    wclass = classes[np.searchsorted(classes, span_ticks)]
+
+    sub = SubPoints(
+        seg=jnp.asarray(seg_of, jnp.int32),
+        dl=jnp.asarray(dl, dtype),
+        drift=jnp.asarray(drift, dtype),
+        t0=jnp.asarray(t0, dtype),
+        inside=jnp.asarray(inside, dtype),
+    )
+    buckets, channels = [], []
+    for w in np.unique(wclass):
+        chans = np.nonzero(wclass == w)[0]
+        local = np.full(nc, -1, np.int64)
+        local[chans] = np.arange(chans.size)
+        sel = local[pair_chan_all] >= 0
+        order = np.argsort(local[pair_chan_all][sel], kind="stable")
+        sp = ps[sel][order]
+        sk = pk[sel][order]
+        buckets.append(
+            Bucket(
+                pair_sub=jnp.asarray(sp, jnp.int32),
+                pair_chan=jnp.asarray(local[pair_chan_all][sel][order], jnp.int32),
+                pair_u=jnp.asarray(np.stack([ulo[sp, sk], ulo[sp, sk] + p], -1), dtype),
+                pair_v=jnp.asarray(np.stack([vlo[sp, sk], vlo[sp, sk] + p], -1), dtype),
+                ticks=jnp.arange(int(w), dtype=jnp.int32),
+                n_chan=jnp.zeros(chans.size, jnp.int8),
+            )
+        )
+        channels.append(Channels(chan_keys[chans, 0].astype(np.int64),
+                                 chan_keys[chans, 1].astype(np.int64)))
+    return ChargePlan(sub=sub, buckets=tuple(buckets), channels=tuple(channels),
+                      n_segments=segments.n)
+
+
+def plan_info(plan: ChargePlan) -> PlanInfo:
+    return PlanInfo(
+        n_segments=plan.n_segments,
+        n_subpoints=int(plan.sub.seg.shape[0]),
+        n_pairs=sum(int(b.pair_sub.shape[0]) for b in plan.buckets),
+        n_channels=sum(b.n_channels for b in plan.buckets),
+        windows=tuple(b.window for b in plan.buckets),
+        channels_per_bucket=tuple(b.n_channels for b in plan.buckets),
+    )
+
+
+class SubPointState(NamedTuple):
+    """Per sub-point drifted quantities (functions of the parameters and dE/dx)."""
+
+    n_e: jax.Array  # electrons reaching the anode
+    t_arrival: jax.Array  # us
+    sigma_plane: jax.Array  # cm
+    sigma_time: jax.Array  # us
+
+
+def drift_subpoints(
+    sub: SubPoints, dEdx_seg: jax.Array, params: DetectorParams, card: DetectorCard
+) -> SubPointState:
+    """Recombination, drift, lifetime and diffusion of every sub-point (pure JAX)."""
+    ph = card.physics
+    dEdx = dEdx_seg[sub.seg]
+    v = drift_velocity(params.E, ph.temperature_K)
+    td = sub.drift / v
+    n_e = ionization_electrons(dEdx * sub.dl, dEdx, params, ph) * lifetime_factor(td, params.tau)
+    n_e = n_e * sub.inside
+    sig_plane = diffusion_sigma(params.D_T, td, SIGMA_T_FLOOR_CM)
+    sig_time = diffusion_sigma(params.D_L, td) / v + SIGMA_TIME_FLOOR_US
+    return SubPointState(n_e, sub.t0 + td, sig_plane, sig_time)
+
+
+def bucket_charge(
+    state: SubPointState, bucket: Bucket, tick_us: float, n_sigma: float = 5.0
+) -> tuple[jax.Array, jax.Array]:
+    """Expected cumulative charge ``Q`` (C, W) electrons and window origins ``o`` (C,) ticks.
+
+    ``Q[c, j]`` is the charge collected by channel c by the end of tick ``o[c] + j``.
+    """
+    C, W = bucket.n_channels, bucket.window
+    ps, pc = bucket.pair_sub, bucket.pair_chan
+    t_i = state.t_arrival[ps]
+    s_t = state.sigma_time[ps]
+    s_p = state.sigma_plane[ps]
+    w = (
+        state.n_e[ps]
+        * pad_fraction(bucket.pair_u[:, 0], bucket.pair_u[:, 1], s_p)
+        * pad_fraction(bucket.pair_v[:, 0], bucket.pair_v[:, 1], s_p)
+    )
+    start = jax.lax.stop_gradient((t_i - n_sigma * s_t) / tick_us)
+    origin = jnp.floor(jax.ops.segment_min(start, pc, num_segments=C)).astype(jnp.int32) - 1
+    t_grid = (origin[pc][:, None] + bucket.ticks[None, :] + 1).astype(t_i.dtype) * tick_us
+    contrib = w[:, None] * ndtr((t_grid - t_i[:, None]) / s_t[:, None])
+    Q = jax.ops.segment_sum(contrib, pc, num_segments=C, indices_are_sorted=True)
+    return Q, origin
+
+
+def expected_charge(
+    plan: ChargePlan | tuple,
+    dEdx_seg: jax.Array,
+    params: DetectorParams,
+    card: DetectorCard,
+    n_sigma: float = 5.0,
+) -> tuple[tuple[jax.Array, jax.Array], ...]:
+    """Expected cumulative charge of every channel: a tuple over buckets of ``(Q, origin)``."""
+    sub, buckets = plan[0], plan[1]
+    state = drift_subpoints(sub, dEdx_seg, params, card)
+    return tuple(bucket_charge(state, b, card.electronics.tick_us, n_sigma) for b in buckets)
+
+
+def produced_charge(
+    plan: ChargePlan | tuple, dEdx_seg: jax.Array, params: DetectorParams, card: DetectorCard
+) -> jax.Array:
+    """Total electrons reaching the anode plane (after recombination and lifetime), all channels."""
+    return drift_subpoints(plan[0], dEdx_seg, params, card).n_e.sum()
