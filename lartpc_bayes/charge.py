@@ -75,7 +75,7 @@ class Bucket(NamedTuple):
     pair_*   : (P,) one entry per (sub-point, channel) pair
     pair_u/v : (P, 2) pad edges relative to the sub-point, cm: (lo, hi)
     ticks    : (W,) int32 arange(W); its length is the static window length
-    n_chan   : (C,) zeros; its length is the static number of channels
+    chan_mask: (C,) 1.0 for real channels, 0.0 for padding; its length is the static channel count
     """
 
     pair_sub: jax.Array
@@ -83,11 +83,11 @@ class Bucket(NamedTuple):
     pair_u: jax.Array
     pair_v: jax.Array
     ticks: jax.Array
-    n_chan: jax.Array
+    chan_mask: jax.Array
 
     @property
     def n_channels(self) -> int:
-        return int(self.n_chan.shape[0])
+        return int(self.chan_mask.shape[0])
 
     @property
     def window(self) -> int:
@@ -95,10 +95,19 @@ class Bucket(NamedTuple):
 
 
 class Channels(NamedTuple):
-    """Host-side identity of the channels of one bucket (NumPy, never traced)."""
+    """Host-side identity of the channels of one bucket (NumPy, never traced); -1 for padding."""
 
     event: np.ndarray  # (C,) int64 event id
     pixel: np.ndarray  # (C,) int64 global pixel id
+
+
+def padded_size(n: int, minimum: int = 16) -> int:
+    """Round ``n`` up on a geometric grid (4 sizes per octave, at most 25 % padding) so that
+    batches of similar size share one compiled function."""
+    if n <= minimum:
+        return minimum
+    step = 2 ** (int(math.floor(math.log2(n))) - 2)
+    return int(math.ceil(n / step) * step)
 
 
 class ChargePlan(NamedTuple):
@@ -112,6 +121,17 @@ class ChargePlan(NamedTuple):
     buckets: tuple[Bucket, ...]
     channels: tuple[Channels, ...]
     n_segments: int
+    n_segments_padded: int
+
+    def pad_dEdx(self, dEdx_seg) -> jax.Array:
+        """dE/dx per segment (MeV/cm) padded with 0 to the plan's static segment count."""
+        d = jnp.asarray(dEdx_seg)
+        return jnp.concatenate([d, jnp.zeros(self.n_segments_padded - d.shape[0], d.dtype)])
+
+    @property
+    def device(self) -> tuple[SubPoints, tuple[Bucket, ...]]:
+        """The traced part of the plan: pass this to jitted functions."""
+        return (self.sub, self.buckets)
 
 
 class PlanInfo(NamedTuple):
@@ -141,6 +161,7 @@ def plan_charge(
     prune: float = 1e-7,
     window_classes: tuple[int, ...] = WINDOW_CLASSES,
     dtype=jnp.float32,
+    pad: bool = False,
 ) -> ChargePlan:
     """Chop segments, choose pixel channels and window lengths on the host (static shapes).
 
@@ -152,6 +173,8 @@ def plan_charge(
     prune : pairs whose pad fraction can never exceed this (at any allowed D_T, E) are dropped; the
         charge lost per sub-point is below ``(2n+1)^2 * prune``.
     window_classes : allowed window lengths (ticks); each channel gets the smallest that fits.
+    pad : round segment, sub-point, pair and channel counts up with :func:`padded_size` (padding
+        carries zero charge and masked channels) so that many batches reuse one compilation.
     """
     segments.validate()
     g = card.geometry
@@ -236,13 +259,22 @@ def plan_charge(
         )
     wclass = classes[np.searchsorted(classes, span_ticks)]
 
+    S = seg_of.size
+    S_pad = padded_size(S) if pad else S
+    n_seg_pad = padded_size(segments.n) if pad else segments.n
+
+    def padv(a, n, value=0):
+        a = np.asarray(a)
+        return np.concatenate([a, np.full((n - a.shape[0], *a.shape[1:]), value, a.dtype)])
+
     sub = SubPoints(
-        seg=jnp.asarray(seg_of, jnp.int32),
-        dl=jnp.asarray(dl, dtype),
-        drift=jnp.asarray(drift, dtype),
-        t0=jnp.asarray(t0, dtype),
-        inside=jnp.asarray(inside, dtype),
+        seg=jnp.asarray(padv(seg_of, S_pad), jnp.int32),
+        dl=jnp.asarray(padv(dl, S_pad), dtype),
+        drift=jnp.asarray(padv(drift, S_pad), dtype),
+        t0=jnp.asarray(padv(t0, S_pad), dtype),
+        inside=jnp.asarray(padv(inside.astype(np.float64), S_pad), dtype),
     )
+    far = 1e3  # cm: pad edges of padding pairs, giving an exactly zero pad fraction
     buckets, channels = [], []
     for w in np.unique(wclass):
         chans = np.nonzero(wclass == w)[0]
@@ -252,20 +284,26 @@ def plan_charge(
         order = np.argsort(local[pair_chan_all][sel], kind="stable")
         sp = ps[sel][order]
         sk = pk[sel][order]
+        pc = local[pair_chan_all][sel][order]
+        C = chans.size
+        C_pad = padded_size(C + 1) if pad else C
+        P_pad = padded_size(sp.size) if pad else sp.size
+        pu = np.stack([ulo[sp, sk], ulo[sp, sk] + p], -1)
+        pv = np.stack([vlo[sp, sk], vlo[sp, sk] + p], -1)
         buckets.append(
             Bucket(
-                pair_sub=jnp.asarray(sp, jnp.int32),
-                pair_chan=jnp.asarray(local[pair_chan_all][sel][order], jnp.int32),
-                pair_u=jnp.asarray(np.stack([ulo[sp, sk], ulo[sp, sk] + p], -1), dtype),
-                pair_v=jnp.asarray(np.stack([vlo[sp, sk], vlo[sp, sk] + p], -1), dtype),
+                pair_sub=jnp.asarray(padv(sp, P_pad), jnp.int32),
+                pair_chan=jnp.asarray(padv(pc, P_pad, C_pad - 1), jnp.int32),
+                pair_u=jnp.asarray(padv(pu, P_pad, far), dtype),
+                pair_v=jnp.asarray(padv(pv, P_pad, far), dtype),
                 ticks=jnp.arange(int(w), dtype=jnp.int32),
-                n_chan=jnp.zeros(chans.size, jnp.int8),
+                chan_mask=jnp.asarray(padv(np.ones(C), C_pad), dtype),
             )
         )
-        channels.append(Channels(chan_keys[chans, 0].astype(np.int64),
-                                 chan_keys[chans, 1].astype(np.int64)))
+        channels.append(Channels(padv(chan_keys[chans, 0].astype(np.int64), C_pad, -1),
+                                 padv(chan_keys[chans, 1].astype(np.int64), C_pad, -1)))
     return ChargePlan(sub=sub, buckets=tuple(buckets), channels=tuple(channels),
-                      n_segments=segments.n)
+                      n_segments=segments.n, n_segments_padded=n_seg_pad)
 
 
 def plan_info(plan: ChargePlan) -> PlanInfo:
@@ -273,7 +311,7 @@ def plan_info(plan: ChargePlan) -> PlanInfo:
         n_segments=plan.n_segments,
         n_subpoints=int(plan.sub.seg.shape[0]),
         n_pairs=sum(int(b.pair_sub.shape[0]) for b in plan.buckets),
-        n_channels=sum(b.n_channels for b in plan.buckets),
+        n_channels=sum(int(np.sum(c.event >= 0)) for c in plan.channels),
         windows=tuple(b.window for b in plan.buckets),
         channels_per_bucket=tuple(b.n_channels for b in plan.buckets),
     )
@@ -299,7 +337,8 @@ def drift_subpoints(
     n_e = ionization_electrons(dEdx * sub.dl, dEdx, params, ph) * lifetime_factor(td, params.tau)
     n_e = n_e * sub.inside
     sig_plane = diffusion_sigma(params.D_T, td, SIGMA_T_FLOOR_CM)
-    sig_time = diffusion_sigma(params.D_L, td) / v + SIGMA_TIME_FLOOR_US
+    # floor in quadrature inside the sqrt: sqrt(2 D_L t_d) alone has a NaN gradient at t_d = 0
+    sig_time = diffusion_sigma(params.D_L, td, SIGMA_TIME_FLOOR_US * v) / v
     return SubPointState(n_e, sub.t0 + td, sig_plane, sig_time)
 
 

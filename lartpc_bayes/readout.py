@@ -153,11 +153,14 @@ def collect_hits(plan: ChargePlan, channel_hits: tuple[ChannelHits, ...]) -> Hit
     """Flatten per-channel hit slots into a :class:`Hits` table (host NumPy), sorted."""
     ev, pix, tick, adc = [], [], [], []
     for ch, h in zip(plan.channels, channel_hits, strict=True):
-        valid = np.asarray(h.valid)
+        valid = np.asarray(h.valid) & (ch.event >= 0)[:, None]  # drop padding channels
         c_idx, _ = np.nonzero(valid)
         ev.append(ch.event[c_idx])
         pix.append(ch.pixel[c_idx])
         tick.append(np.asarray(h.tick)[valid].astype(np.int64))
         adc.append(np.asarray(h.adc)[valid].astype(np.int64))
-    cat = (lambda xs: np.concatenate(xs) if xs else np.zeros(0, np.int64))
+
+    def cat(xs):
+        return np.concatenate(xs) if xs else np.zeros(0, np.int64)
+
     return Hits(cat(ev), cat(pix), cat(tick), cat(adc)).sorted()

@@ -1,0 +1,114 @@
+"""Command line: ``lartpc-bayes {simulate, calo}``.
+
+``lartpc-bayes simulate --detector module0 --sample muons --n-tracks 50 --seed 1 -o hits.h5``
+generates tracks with the embedded generator (or reads ``--segments FILE``, a larnd-sim segments
+file), runs the forward chain with the stochastic LArPix readout at the nominal parameters (or
+``--param tau=1500`` overrides) and writes a hit file with the full truth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+from .detector import PARAM_NAMES, CardError
+
+
+def _parse_param(text: str) -> tuple[str, float]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--param expects NAME=VALUE, got {text!r}")
+    name, value = text.split("=", 1)
+    name = name.strip()
+    if name not in PARAM_NAMES:
+        raise argparse.ArgumentTypeError(f"unknown parameter {name!r}; known: {', '.join(PARAM_NAMES)}")
+    try:
+        return name, float(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--param {name}: {value!r} is not a number") from exc
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    import jax
+    import numpy as np
+
+    from .detector import load_card
+    from .generator import generate
+    from .io import read_segments, write_hits
+    from .physics import nominal_params
+    from .simulate import simulate_hits
+
+    card = load_card(args.detector)
+    overrides = dict(args.param or [])
+    for name, value in overrides.items():
+        spec = card.param(name)
+        if not spec.low <= value <= spec.high:
+            print(f"warning: {name}={value} outside the prior range [{spec.low}, {spec.high}] "
+                  f"of card {card.name}", file=sys.stderr)
+    params = nominal_params(card, **overrides)
+    t_start = time.perf_counter()
+    if args.segments:
+        segments = read_segments(args.segments)
+    else:
+        segments = generate(card, args.sample, args.n_tracks, args.seed,
+                            multiple_scattering=args.multiple_scattering)
+    key = jax.random.key(args.seed)
+    hits, s = simulate_hits(key, card, segments, params, noise=not args.no_noise,
+                            step_cm=args.step_cm, batch_length_cm=args.batch_length,
+                            progress=not args.quiet)
+    write_hits(args.output, hits, card=card, segments=segments, true_dEdx=segments.dEdx,
+               true_params=params.to_dict(), seed=args.seed,
+               extra_attrs={"sample": args.sample if not args.segments else str(args.segments),
+                            "noise": int(not args.no_noise)})
+    dt = time.perf_counter() - t_start
+    adc_mean = float(np.mean(hits.adc)) if hits.n else float("nan")
+    print(f"{s.n_tracks} tracks, {s.n_segments} segments ({s.length_cm:.1f} cm), "
+          f"{s.n_channels} pixels, {s.n_hits} hits (mean ADC {adc_mean:.1f}), "
+          f"charge {s.charge_e / 1e6:.3f} Me- -> {args.output} in {dt:.1f} s")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lartpc-bayes", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("simulate", help="simulate LArPix hits from generated or larnd-sim segments")
+    s.add_argument("--detector", default="module0", help="card name in models/ or a YAML path")
+    s.add_argument("--sample", default="muons", choices=["muons", "protons", "pions"])
+    s.add_argument("--n-tracks", type=int, default=20)
+    s.add_argument("--segments", help="larnd-sim segments HDF5 file instead of the generator")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--param", action="append", type=_parse_param, metavar="NAME=VALUE",
+                   help=f"override a calibration parameter ({', '.join(PARAM_NAMES)})")
+    s.add_argument("--no-noise", action="store_true", help="switch every readout noise term off")
+    s.add_argument("--multiple-scattering", action="store_true")
+    s.add_argument("--step-cm", type=float, default=0.04, help="sub-point step, cm")
+    s.add_argument("--batch-length", type=float, default=300.0, help="cm of track per batch")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.add_argument("-o", "--output", required=True, help="output hit file (HDF5)")
+    s.set_defaults(func=_cmd_simulate)
+
+    try:
+        from .calo.cli import register as register_calo
+    except ImportError:  # pragma: no cover - the calorimeter extension is part of the package
+        register_calo = None
+    if register_calo is not None:
+        register_calo(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "n_tracks", 1) is not None and getattr(args, "n_tracks", 1) < 1:
+        parser.error("--n-tracks must be >= 1")
+    try:
+        return int(args.func(args) or 0)
+    except (CardError, ValueError, OSError, KeyError) as exc:
+        print(f"lartpc-bayes {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
