@@ -30,6 +30,8 @@ def _parse_param(text: str) -> tuple[str, float]:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     import jax
     import numpy as np
 
@@ -53,6 +55,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     else:
         segments = generate(card, args.sample, args.n_tracks, args.seed,
                             multiple_scattering=args.multiple_scattering)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     key = jax.random.key(args.seed)
     hits, s = simulate_hits(key, card, segments, params, noise=not args.no_noise,
                             step_cm=args.step_cm, batch_length_cm=args.batch_length,
@@ -84,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-noise", action="store_true", help="switch every readout noise term off")
     s.add_argument("--multiple-scattering", action="store_true")
     s.add_argument("--step-cm", type=float, default=0.04, help="sub-point step, cm")
-    s.add_argument("--batch-length", type=float, default=300.0, help="cm of track per batch")
+    s.add_argument("--batch-length", type=float, default=1000.0, help="cm of track per batch")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.add_argument("-o", "--output", required=True, help="output hit file (HDF5)")
     s.set_defaults(func=_cmd_simulate)

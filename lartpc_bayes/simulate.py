@@ -89,7 +89,7 @@ def simulate_hits(
     *,
     noise: bool = True,
     step_cm: float = 0.04,
-    batch_length_cm: float = 300.0,
+    batch_length_cm: float = 1000.0,
     progress: bool = False,
 ) -> tuple[Hits, SimulationSummary]:
     """Simulate the hits of all segments (true dE/dx unless ``dEdx`` is given), batched by event."""
