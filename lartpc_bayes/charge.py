@@ -55,6 +55,10 @@ from .physics import (
 SIGMA_T_FLOOR_CM = 1e-4
 SIGMA_TIME_FLOOR_US = 1e-3
 
+#: Sub-point step limits: at most STEP_PER_SIGMA x the smallest diffusion width, at least MIN_STEP_CM.
+STEP_PER_SIGMA = 2.5
+MIN_STEP_CM = 0.005
+
 #: Allowed window lengths, ticks: steps of 16 up to 128, then about x1.5 (cost ~ W to W^2).
 WINDOW_CLASSES = (32, 48, 64, 80, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
 
@@ -167,7 +171,8 @@ def plan_charge(
 
     Parameters
     ----------
-    step_cm : maximum sub-point length, cm.
+    step_cm : maximum sub-point length, cm; near the anode the step shrinks to
+        ``STEP_PER_SIGMA`` times the smallest allowed diffusion width (not below ``MIN_STEP_CM``).
     n_sigma : transverse and temporal coverage of each Gaussian cloud, in units of the largest
         width allowed by the card's prior ranges.
     prune : pairs whose pad fraction can never exceed this (at any allowed D_T, E) are dropped; the
@@ -185,8 +190,19 @@ def plan_charge(
     dt_lo = ranges["D_T"][0]
 
     # --- chop segments into sub-points -------------------------------------------------------
+    # the step must stay small against the narrowest cloud the segment can produce: near the
+    # anode the diffusion widths shrink (sigma_L ~ 0.008 cm at 2.4 cm drift at the lowest D_L), so
+    # the step is at most STEP_PER_SIGMA times the smallest allowed width at the segment's
+    # smallest drift distance, and never below MIN_STEP_CM
     dx = segments.dx
-    nsub = np.maximum(1, np.ceil(dx / step_cm - 1e-9)).astype(np.int64)
+    seg_tpc = geo.tpc_of_points(card, np.concatenate([segments.start, segments.end]))
+    ends = np.concatenate([segments.start, segments.end])
+    d_end = np.where(seg_tpc >= 0, geo.drift_distance(card, np.maximum(seg_tpc, 0), ends), np.inf)
+    d_min = np.maximum(np.minimum(d_end[: segments.n], d_end[segments.n :]), 0.0)
+    d_lo = min(ranges["D_L"][0], ranges["D_T"][0])
+    sig_min = np.sqrt(2 * d_lo * np.where(np.isfinite(d_min), d_min, g.max_drift_cm) / v_max)
+    seg_step = np.clip(STEP_PER_SIGMA * sig_min, MIN_STEP_CM, step_cm)
+    nsub = np.maximum(1, np.ceil(dx / seg_step - 1e-9)).astype(np.int64)
     seg_of = np.repeat(np.arange(segments.n), nsub)
     first = np.repeat(np.cumsum(nsub) - nsub, nsub)
     k = np.arange(seg_of.size) - first

@@ -1,0 +1,225 @@
+r"""Hits -> log-likelihood, and the readout as a NumPyro distribution.
+
+**Poisson point process with charge marks** (DESIGN.md section 4, source talk 000):
+
+.. math:: \log L = -\sum_c \sum_t \lambda_c(t)
+          + \sum_i \max\big[\log(\lambda_{c_i}(t_i)\, P(\mathrm{ADC}_i \mid c_i, t_i)),\ \log\epsilon\big]
+          + N_\mathrm{outside} \log\epsilon
+
+with lambda the hit intensity of :mod:`lartpc_bayes.readout_prob` and P the exact ADC-bin
+probability of the held charge, mixed over the reset noise and the reset time. The floor keeps hits
+the model cannot explain (noise, hits on pixels or ticks outside the simulated channels, which are
+counted at the floor, never dropped) from dominating. ``floor="smooth"`` replaces the max by
+``logaddexp``, i.e. an explicit noise intensity epsilon per hit.
+
+**Exact sequential likelihood** (``kind="sequential"``): per channel, each observed hit conditioned on
+the reset fixed by the previous observed hit, then the probability of no further hit.
+
+Observed hits are arranged as a static **hit table** of shape (channels, M, 2): for every channel of
+the plan (buckets concatenated, padding included) up to M = max hits per pixel slots of
+(absolute tick, ADC), -1 where empty. The stochastic readout samples the same table, so
+:class:`LArPixReadout` is an ordinary NumPyro distribution: ``log_prob`` is the likelihood and
+``sample`` the simulator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpyro.distributions import Distribution, constraints
+
+from .charge import ChargePlan
+from .data import Hits
+from .detector import Electronics
+from .readout import simulate_channels
+from .readout_prob import N_NODES, hit_log_intensity, readout_tensors, sequential_log_prob
+
+
+@dataclass(frozen=True)
+class LikelihoodConfig:
+    """kind: "ppp" or "sequential"; eps: floor per hit; floor: "hard" (max) or "smooth"
+    (logaddexp); n_nodes: Gauss-Hermite nodes over the reset noise; mark: "gaussian" or "exact"
+    ADC-bin probability (:func:`lartpc_bayes.readout_prob.log_adc_prob`); max_hits: per bucket, the
+    static size of the compacted hit list of the PPP (empty: every slot of the table; hits beyond it
+    are counted at the floor, see :func:`hit_list_sizes`)."""
+
+    kind: str = "ppp"
+    eps: float = 1e-8
+    floor: str = "hard"
+    n_nodes: int = N_NODES
+    mark: str = "gaussian"
+    max_hits: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        if self.kind not in ("ppp", "sequential"):
+            raise ValueError(f"likelihood kind must be 'ppp' or 'sequential', got {self.kind!r}")
+        if self.floor not in ("hard", "smooth"):
+            raise ValueError(f"likelihood floor must be 'hard' or 'smooth', got {self.floor!r}")
+        if self.mark not in ("gaussian", "exact"):
+            raise ValueError(f"likelihood mark must be 'gaussian' or 'exact', got {self.mark!r}")
+        if not 0 < self.eps < 1:
+            raise ValueError(f"likelihood eps must be in (0, 1), got {self.eps}")
+
+    @property
+    def log_eps(self) -> float:
+        return float(np.log(self.eps))
+
+
+def bucket_offsets(plan: ChargePlan) -> np.ndarray:
+    """First row of each bucket in the concatenated channel order (last entry = total)."""
+    return np.concatenate([[0], np.cumsum([b.n_channels for b in plan.buckets])]).astype(np.int64)
+
+
+def hits_to_table(plan: ChargePlan, hits: Hits, max_hits: int) -> tuple[np.ndarray, int]:
+    """Arrange observed hits into the plan's (channels, M, 2) table; count the hits outside it.
+
+    A hit is outside when its (event, pixel) is not a channel of the plan or its channel already
+    holds M earlier hits. Within a channel hits are sorted by tick.
+    """
+    ev = np.concatenate([c.event for c in plan.channels])
+    px = np.concatenate([c.pixel for c in plan.channels])
+    n_chan = ev.size
+    table = np.full((n_chan, max_hits, 2), -1, np.int32)
+    if hits.n == 0:
+        return table, 0
+    h = hits.sorted()
+    real = ev >= 0
+    keys = np.stack([ev[real], px[real]], 1)
+    rows = np.nonzero(real)[0]
+    order = np.lexsort((keys[:, 1], keys[:, 0]))
+    skeys = keys[order]
+    hk = np.stack([h.event_id, h.pixel_id], 1)
+    pos = np.searchsorted(skeys[:, 0] * (px.max(initial=0) + 1) + skeys[:, 1],
+                          hk[:, 0] * (px.max(initial=0) + 1) + hk[:, 1])
+    pos_c = np.minimum(pos, max(len(skeys) - 1, 0))
+    found = (len(skeys) > 0) & np.all(skeys[pos_c] == hk, axis=1) if len(skeys) else np.zeros(
+        h.n, bool)
+    row = np.where(found, rows[order][pos_c], -1)
+    # slot = rank of the hit within its channel
+    slot = np.zeros(h.n, np.int64)
+    if h.n:
+        same = np.r_[False, (row[1:] == row[:-1])]
+        run_start = np.maximum.accumulate(np.where(~same, np.arange(h.n), 0))
+        slot = np.arange(h.n) - run_start
+    ok = found & (slot < max_hits)
+    table[row[ok], slot[ok], 0] = h.tick[ok]
+    table[row[ok], slot[ok], 1] = h.adc[ok]
+    return table, int(np.sum(~ok))
+
+
+def table_to_hits(plan: ChargePlan, table: np.ndarray) -> Hits:
+    """Inverse of :func:`hits_to_table` for the hits inside the table."""
+    ev = np.concatenate([c.event for c in plan.channels])
+    px = np.concatenate([c.pixel for c in plan.channels])
+    t = np.asarray(table)
+    r, s = np.nonzero(t[..., 0] >= 0)
+    return Hits(ev[r], px[r], t[r, s, 0].astype(np.int64), t[r, s, 1].astype(np.int64)).sorted()
+
+
+def hit_list_sizes(plan: ChargePlan, table: np.ndarray, margin: float = 2.0) -> tuple[int, ...]:
+    """Static per-bucket sizes of the PPP's compacted hit list: ``margin`` times the observed hits
+    (at least 16), rounded with :func:`lartpc_bayes.charge.padded_size`, at most the table size."""
+    from .charge import padded_size
+
+    out = []
+    for b, tb in zip(plan.buckets, _split(np.asarray(table), plan.buckets), strict=True):
+        n = int(np.sum(tb[..., 0] >= 0))
+        out.append(min(padded_size(max(int(margin * n), 16)), tb.shape[0] * tb.shape[1]))
+    return tuple(out)
+
+
+def _split(table, buckets):
+    out, start = [], 0
+    for b in buckets:
+        out.append(table[start : start + b.n_channels])
+        start += b.n_channels
+    return out
+
+
+def log_likelihood(
+    charges: tuple[tuple[jax.Array, jax.Array], ...],
+    buckets,
+    table: jax.Array,
+    n_outside,
+    el: Electronics,
+    config: LikelihoodConfig,
+) -> jax.Array:
+    """log-likelihood of a hit table given the expected charges ``(Q, origin)`` per bucket."""
+    log_eps = config.log_eps
+    total = n_outside * log_eps
+    for i, ((Q, origin), b, tb) in enumerate(zip(charges, buckets, _split(table, buckets),
+                                                  strict=True)):
+        rt = readout_tensors(Q, el, config.n_nodes)
+        mask = b.chan_mask
+        tick = tb[..., 0]
+        adc = tb[..., 1]
+        valid = (tick >= 0) & (mask[:, None] > 0)
+        t_rel = jnp.where(valid, tick - origin[:, None], -1)
+        if config.kind == "ppp":
+            C, M = tick.shape
+            n_max = min(config.max_hits[i], C * M) if config.max_hits else C * M
+            flat = valid.ravel()
+            (idx,) = jnp.nonzero(flat, size=n_max, fill_value=0)
+            ok = jnp.arange(n_max) < flat.sum()
+            li = hit_log_intensity(Q, rt, idx // M, t_rel.ravel()[idx],
+                                   jnp.maximum(adc, 0).ravel()[idx], el, config.n_nodes,
+                                   config.mark)
+            term = (jnp.maximum(li, log_eps) if config.floor == "hard"
+                    else jnp.logaddexp(li, log_eps))
+            total = total + jnp.where(ok, term, 0.0).sum()
+            total = total + jnp.maximum(flat.sum() - n_max, 0) * log_eps  # beyond the list
+            total = total - (rt.expected_hits * mask).sum()
+        else:
+            seq = sequential_log_prob(Q, rt, t_rel, jnp.maximum(adc, 0), valid, el, log_eps,
+                                      config.n_nodes, config.mark)
+            total = total + (seq * mask).sum()
+    return total
+
+
+class LArPixReadout(Distribution):
+    """Distribution of the LArPix hit table given the expected charge of every channel.
+
+    ``log_prob(table)`` is :func:`log_likelihood`; ``sample`` runs the stochastic readout
+    (:mod:`lartpc_bayes.readout`) on the same charges, so ``Predictive`` and posterior-predictive
+    checks need no extra plumbing. The event shape is (channels, M, 2) int32.
+    """
+
+    arg_constraints = {}
+    support = constraints.real_vector  # integer table; values are not validated
+    pytree_data_fields = ("charges", "buckets", "n_outside")
+    pytree_aux_fields = ("el", "config")
+
+    def __init__(self, charges, buckets, el: Electronics, config: LikelihoodConfig,
+                 n_outside=0, validate_args=None):
+        self.charges = tuple(charges)
+        self.buckets = tuple(buckets)
+        self.el = el
+        self.config = config
+        self.n_outside = n_outside
+        n_chan = sum(b.n_channels for b in self.buckets)
+        super().__init__(batch_shape=(), event_shape=(n_chan, el.max_hits_per_pixel, 2),
+                         validate_args=validate_args)
+
+    def sample(self, key, sample_shape=()):
+        def one(k):
+            rows = []
+            for kk, (Q, origin), b in zip(jax.random.split(k, len(self.charges)), self.charges,
+                                          self.buckets, strict=True):
+                h = simulate_channels(kk, Q, self.el)
+                ok = h.valid & (b.chan_mask[:, None] > 0)
+                rows.append(jnp.stack([jnp.where(ok, h.tick + origin[:, None], -1),
+                                       jnp.where(ok, h.adc, -1)], -1))
+            return jnp.concatenate(rows, 0).astype(jnp.int32)
+
+        if not sample_shape:
+            return one(key)
+        n = int(np.prod(sample_shape))
+        out = jax.vmap(one)(jax.random.split(key, n))
+        return out.reshape(tuple(sample_shape) + out.shape[1:])
+
+    def log_prob(self, value):
+        return log_likelihood(self.charges, self.buckets, value, self.n_outside, self.el,
+                              self.config)

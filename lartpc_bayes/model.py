@@ -1,0 +1,187 @@
+r"""The NumPyro calibration model: priors, latent dE/dx, and the hits as an observed site.
+
+.. code-block:: text
+
+    theta_p ~ Uniform(low_p, high_p)        p in (A_B, k_B, E, tau, D_L, D_T), unless fixed
+    z_l     ~ SplitStudentT(nu_L, nu_R, s_L/s, s_R/s)    one per latent segment l (non-centred)
+    dEdx_l  = loc + s z_l                    (MeV/cm; deterministic site "dEdx")
+    hits    ~ LArPixReadout(expected_charge(segments, dEdx, theta))
+
+NumPyro maps each uniform prior to the unconstrained real line with a scaled logit, so samplers work
+in a normalised unconstrained space. A latent segment groups the consecutive segments of one track
+over ``latent_length_cm`` of track (talk 000: fine latents overfit). The MIP prior is the published
+split Student-t fit to muon segments (DESIGN.md section 5): nu_L 4.785, nu_R 2.073,
+loc 1.874 MeV/cm, s_L 0.1204, s_R 0.1058.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+from jax.scipy.special import gammaln
+from numpyro.distributions import constraints
+
+from .charge import ChargePlan, expected_charge, plan_charge
+from .data import Hits, Segments
+from .detector import PARAM_NAMES, DetectorCard
+from .likelihood import LArPixReadout, LikelihoodConfig, hit_list_sizes, hits_to_table
+from .physics import DetectorParams
+
+#: Published split Student-t fit of muon segment dE/dx (DESIGN.md section 5), MeV/cm.
+MIP_PRIOR = {"loc": 1.874, "s_left": 0.1204, "s_right": 0.1058, "nu_left": 4.785, "nu_right": 2.073}
+
+
+def _log_t_kernel_integral(nu):
+    """log of int (1 + u^2/nu)^(-(nu+1)/2) du = log(sqrt(nu pi) Gamma(nu/2) / Gamma((nu+1)/2))."""
+    return 0.5 * jnp.log(nu * jnp.pi) + gammaln(nu / 2) - gammaln((nu + 1) / 2)
+
+
+class SplitStudentT(dist.Distribution):
+    r"""Two half Student-t kernels joined continuously at ``loc``.
+
+    .. math:: p(x) \propto (1 + u^2/\nu_\pm)^{-(\nu_\pm+1)/2},\quad u = (x - loc)/s_\pm,
+
+    with (nu_L, s_L) left of loc and (nu_R, s_R) right of it; normaliser
+    ``s_L I(nu_L)/2 + s_R I(nu_R)/2`` with I the kernel integral.
+    """
+
+    arg_constraints = {
+        "loc": constraints.real, "s_left": constraints.positive, "s_right": constraints.positive,
+        "nu_left": constraints.positive, "nu_right": constraints.positive,
+    }
+    support = constraints.real
+    reparametrized_params = ["loc", "s_left", "s_right"]
+
+    def __init__(self, loc, s_left, s_right, nu_left, nu_right, validate_args=None):
+        self.loc, self.s_left, self.s_right, self.nu_left, self.nu_right = (
+            jnp.asarray(v, jnp.result_type(float)) for v in (loc, s_left, s_right, nu_left,
+                                                              nu_right))
+        batch_shape = jax.lax.broadcast_shapes(*(jnp.shape(v) for v in (
+            self.loc, self.s_left, self.s_right, self.nu_left, self.nu_right)))
+        super().__init__(batch_shape=batch_shape, validate_args=validate_args)
+
+    def _log_norm(self):
+        a = jnp.log(self.s_left) + _log_t_kernel_integral(self.nu_left)
+        b = jnp.log(self.s_right) + _log_t_kernel_integral(self.nu_right)
+        return jnp.logaddexp(a, b) - jnp.log(2.0)
+
+    def log_prob(self, value):
+        left = value < self.loc
+        s = jnp.where(left, self.s_left, self.s_right)
+        nu = jnp.where(left, self.nu_left, self.nu_right)
+        u = (value - self.loc) / s
+        return -0.5 * (nu + 1) * jnp.log1p(u * u / nu) - self._log_norm()
+
+    def sample(self, key, sample_shape=()):
+        shape = sample_shape + self.batch_shape
+        k1, k2 = jax.random.split(key)
+        wl = jnp.log(self.s_left) + _log_t_kernel_integral(self.nu_left)
+        wr = jnp.log(self.s_right) + _log_t_kernel_integral(self.nu_right)
+        p_left = jnp.exp(wl - jnp.logaddexp(wl, wr))
+        left = jax.random.uniform(k1, shape) < p_left
+        kl, kr = jax.random.split(k2)
+        tl = jnp.abs(jax.random.t(kl, self.nu_left, shape))
+        tr = jnp.abs(jax.random.t(kr, self.nu_right, shape))
+        return jnp.where(left, self.loc - self.s_left * tl, self.loc + self.s_right * tr)
+
+
+def latent_segments(segments: Segments, latent_length_cm: float) -> tuple[np.ndarray, int]:
+    """Map each segment to a latent segment: consecutive pieces of one track of about
+    ``latent_length_cm`` (a last piece shorter than half that joins the previous one).
+
+    Returns (latent index per segment, number of latents). Segments of a track are taken in file
+    order (the generator and larnd-sim write them along the track).
+    """
+    if latent_length_cm <= 0:
+        raise ValueError("latent_length_cm must be positive")
+    key = np.stack([segments.event_id, segments.track_id], 1)
+    _, track = np.unique(key, axis=0, return_inverse=True)
+    track = track.ravel()
+    out = np.empty(segments.n, np.int64)
+    dx = segments.dx
+    nxt = 0
+    for tr in np.unique(track):
+        idx = np.nonzero(track == tr)[0]
+        mid = np.cumsum(dx[idx]) - 0.5 * dx[idx]
+        total = float(dx[idx].sum())
+        n_lat = max(1, int(np.floor(total / latent_length_cm + 0.5)))
+        lat = np.minimum((mid / total * n_lat).astype(np.int64), n_lat - 1) if total > 0 else 0
+        out[idx] = nxt + lat
+        nxt += n_lat
+    return out, nxt
+
+
+@dataclass
+class CalibrationProblem:
+    """Everything the model needs, fixed on the host: card, plan, latent map, observed table."""
+
+    card: DetectorCard
+    plan: ChargePlan
+    seg_to_latent: np.ndarray
+    n_latent: int
+    likelihood: LikelihoodConfig = field(default_factory=LikelihoodConfig)
+    fixed: dict[str, float] = field(default_factory=dict)
+    table: np.ndarray | None = None
+    n_outside: int = 0
+    prior: dict[str, float] = field(default_factory=lambda: dict(MIP_PRIOR))
+
+    @property
+    def free(self) -> tuple[str, ...]:
+        return tuple(p for p in PARAM_NAMES if p not in self.fixed)
+
+
+def build_problem(
+    card: DetectorCard,
+    segments: Segments,
+    hits: Hits | None = None,
+    *,
+    latent_length_cm: float = 4.0,
+    likelihood: LikelihoodConfig | None = None,
+    fixed: dict[str, float] | None = None,
+    step_cm: float = 0.04,
+) -> CalibrationProblem:
+    """Plan the charge model for ``segments`` and arrange ``hits`` (if given) into the table."""
+    fixed = dict(fixed or {})
+    unknown = set(fixed) - set(PARAM_NAMES)
+    if unknown:
+        raise KeyError(f"cannot fix unknown parameter(s) {sorted(unknown)}; known: {PARAM_NAMES}")
+    plan = plan_charge(card, segments, step_cm=step_cm)
+    s2l, n_lat = latent_segments(segments, latent_length_cm)
+    table, n_out = (None, 0)
+    likelihood = likelihood or LikelihoodConfig()
+    if hits is not None:
+        table, n_out = hits_to_table(plan, hits, card.electronics.max_hits_per_pixel)
+        if not likelihood.max_hits:
+            likelihood = replace(likelihood, max_hits=hit_list_sizes(plan, table))
+    return CalibrationProblem(card, plan, s2l, n_lat, likelihood, fixed, table, n_out)
+
+
+def calibration_model(problem: CalibrationProblem, hits=None):
+    """The NumPyro model. ``hits`` is the observed (channels, M, 2) table or None to simulate."""
+    card = problem.card
+    theta = {}
+    for spec in card.params:
+        if spec.name in problem.fixed:
+            theta[spec.name] = jnp.asarray(problem.fixed[spec.name], jnp.float32)
+        else:
+            theta[spec.name] = numpyro.sample(spec.name, dist.Uniform(spec.low, spec.high))
+    pr = problem.prior
+    s = 0.5 * (pr["s_left"] + pr["s_right"])
+    with numpyro.plate("latent", problem.n_latent):
+        z = numpyro.sample("z_dEdx", SplitStudentT(0.0, pr["s_left"] / s, pr["s_right"] / s,
+                                                   pr["nu_left"], pr["nu_right"]))
+    dEdx = numpyro.deterministic("dEdx", pr["loc"] + s * z)
+    dEdx_seg = jnp.maximum(dEdx[jnp.asarray(problem.seg_to_latent)], 1e-3)
+    params = DetectorParams(*(theta[p] for p in PARAM_NAMES))
+    charges = expected_charge(problem.plan.device, dEdx_seg, params, card)
+    numpyro.sample(
+        "hits",
+        LArPixReadout(charges, problem.plan.buckets, card.electronics, problem.likelihood,
+                      problem.n_outside),
+        obs=hits,
+    )
