@@ -1,8 +1,9 @@
 r"""Segments -> expected cumulative charge on pixels (the collection model).
 
 Every segment is chopped on the host into sub-points of length <= ``step_cm`` (default 0.04 cm,
-small against the diffusion widths; the step error is measured in ``tests/test_charge.py``). Sub-point
-i carries ``dl_i`` cm of its segment s(i) and, for a segment dE/dx (MeV/cm, the latent of the model),
+small against the diffusion widths; the step error is measured in ``tests/test_charge.py``).
+Sub-point i carries ``dl_i`` cm of its segment s(i) and, for a segment dE/dx (MeV/cm, the latent of
+the model),
 
 .. math:: n_i = R(\mathrm{dE/dx}_s)\, \mathrm{dE/dx}_s\, dl_i / W_{ion}\; e^{-t_{d,i}/\tau},
           \qquad t_{d,i} = d_i / v_d(E),
@@ -55,7 +56,8 @@ from .physics import (
 SIGMA_T_FLOOR_CM = 1e-4
 SIGMA_TIME_FLOOR_US = 1e-3
 
-#: Sub-point step limits: at most STEP_PER_SIGMA x the smallest diffusion width, at least MIN_STEP_CM.
+#: Sub-point step limits: at most STEP_PER_SIGMA x the smallest diffusion width,
+#: at least MIN_STEP_CM.
 STEP_PER_SIGMA = 2.5
 MIN_STEP_CM = 0.005
 
@@ -110,8 +112,8 @@ def padded_size(n: int, minimum: int = 16) -> int:
     batches of similar size share one compiled function."""
     if n <= minimum:
         return minimum
-    step = 2 ** (int(math.floor(math.log2(n))) - 2)
-    return int(math.ceil(n / step) * step)
+    step = 2 ** (math.floor(math.log2(n)) - 2)
+    return math.ceil(n / step) * step
 
 
 class ChargePlan(NamedTuple):
@@ -270,7 +272,8 @@ def plan_charge(
     classes = np.asarray(sorted(window_classes))
     if span_ticks.max(initial=0) > classes[-1]:
         raise ValueError(
-            f"a pixel channel needs a window of {int(span_ticks.max())} ticks, more than the largest "
+            f"a pixel channel needs a window of {int(span_ticks.max())} ticks, more than the "
+            "largest "
             f"class {classes[-1]}: a track nearly parallel to the drift axis (see selection cuts)"
         )
     wclass = classes[np.searchsorted(classes, span_ticks)]
@@ -316,10 +319,19 @@ def plan_charge(
                 chan_mask=jnp.asarray(padv(np.ones(C), C_pad), dtype),
             )
         )
-        channels.append(Channels(padv(chan_keys[chans, 0].astype(np.int64), C_pad, -1),
-                                 padv(chan_keys[chans, 1].astype(np.int64), C_pad, -1)))
-    return ChargePlan(sub=sub, buckets=tuple(buckets), channels=tuple(channels),
-                      n_segments=segments.n, n_segments_padded=n_seg_pad)
+        channels.append(
+            Channels(
+                padv(chan_keys[chans, 0].astype(np.int64), C_pad, -1),
+                padv(chan_keys[chans, 1].astype(np.int64), C_pad, -1),
+            )
+        )
+    return ChargePlan(
+        sub=sub,
+        buckets=tuple(buckets),
+        channels=tuple(channels),
+        n_segments=segments.n,
+        n_segments_padded=n_seg_pad,
+    )
 
 
 def plan_info(plan: ChargePlan) -> PlanInfo:
@@ -365,7 +377,7 @@ def bucket_charge(
 
     ``Q[c, j]`` is the charge collected by channel c by the end of tick ``o[c] + j``.
     """
-    C, W = bucket.n_channels, bucket.window
+    C = bucket.n_channels
     ps, pc = bucket.pair_sub, bucket.pair_chan
     t_i = state.t_arrival[ps]
     s_t = state.sigma_time[ps]

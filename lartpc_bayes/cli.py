@@ -1,4 +1,4 @@
-"""Command line: ``lartpc-bayes {simulate, calo}``.
+"""Command line: ``lartpc-bayes {simulate, fit, check, demo, calo}``.
 
 ``lartpc-bayes simulate --detector module0 --sample muons --n-tracks 50 --seed 1 -o hits.h5``
 generates tracks with the embedded generator (or reads ``--segments FILE``, a larnd-sim segments
@@ -22,7 +22,9 @@ def _parse_param(text: str) -> tuple[str, float]:
     name, value = text.split("=", 1)
     name = name.strip()
     if name not in PARAM_NAMES:
-        raise argparse.ArgumentTypeError(f"unknown parameter {name!r}; known: {', '.join(PARAM_NAMES)}")
+        raise argparse.ArgumentTypeError(
+            f"unknown parameter {name!r}; known: {', '.join(PARAM_NAMES)}"
+        )
     try:
         return name, float(value)
     except ValueError as exc:
@@ -46,29 +48,132 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     for name, value in overrides.items():
         spec = card.param(name)
         if not spec.low <= value <= spec.high:
-            print(f"warning: {name}={value} outside the prior range [{spec.low}, {spec.high}] "
-                  f"of card {card.name}", file=sys.stderr)
+            print(
+                f"warning: {name}={value} outside the prior range [{spec.low}, {spec.high}] "
+                f"of card {card.name}",
+                file=sys.stderr,
+            )
     params = nominal_params(card, **overrides)
     t_start = time.perf_counter()
     if args.segments:
         segments = read_segments(args.segments)
     else:
-        segments = generate(card, args.sample, args.n_tracks, args.seed,
-                            multiple_scattering=args.multiple_scattering)
+        segments = generate(
+            card,
+            args.sample,
+            args.n_tracks,
+            args.seed,
+            multiple_scattering=args.multiple_scattering,
+        )
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     key = jax.random.key(args.seed)
-    hits, s = simulate_hits(key, card, segments, params, noise=not args.no_noise,
-                            step_cm=args.step_cm, batch_length_cm=args.batch_length,
-                            progress=not args.quiet)
-    write_hits(args.output, hits, card=card, segments=segments, true_dEdx=segments.dEdx,
-               true_params=params.to_dict(), seed=args.seed,
-               extra_attrs={"sample": args.sample if not args.segments else str(args.segments),
-                            "noise": int(not args.no_noise)})
+    hits, s = simulate_hits(
+        key,
+        card,
+        segments,
+        params,
+        noise=not args.no_noise,
+        step_cm=args.step_cm,
+        batch_length_cm=args.batch_length,
+        progress=not args.quiet,
+    )
+    write_hits(
+        args.output,
+        hits,
+        card=card,
+        segments=segments,
+        true_dEdx=segments.dEdx,
+        true_params=params.to_dict(),
+        seed=args.seed,
+        extra_attrs={
+            "sample": args.sample if not args.segments else str(args.segments),
+            "noise": int(not args.no_noise),
+        },
+    )
     dt = time.perf_counter() - t_start
     adc_mean = float(np.mean(hits.adc)) if hits.n else float("nan")
-    print(f"{s.n_tracks} tracks, {s.n_segments} segments ({s.length_cm:.1f} cm), "
-          f"{s.n_channels} pixels, {s.n_hits} hits (mean ADC {adc_mean:.1f}), "
-          f"charge {s.charge_e / 1e6:.3f} Me- -> {args.output} in {dt:.1f} s")
+    print(
+        f"{s.n_tracks} tracks, {s.n_segments} segments ({s.length_cm:.1f} cm), "
+        f"{s.n_channels} pixels, {s.n_hits} hits (mean ADC {adc_mean:.1f}), "
+        f"charge {s.charge_e / 1e6:.3f} Me- -> {args.output} in {dt:.1f} s"
+    )
+    return 0
+
+
+def _fit_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--method",
+        default="nuts",
+        choices=["nuts", "blackjax", "svi", "laplace", "lowrank"],
+        help="nuts/blackjax: NUTS (reported uncertainties); svi (mean-field), lowrank, "
+        "laplace (MAP + Laplace): quick looks",
+    )
+    p.add_argument(
+        "--fix",
+        action="append",
+        default=[],
+        metavar="NAME[=VALUE]",
+        help="fix a parameter (at VALUE, default the truth of fake data or nominal)",
+    )
+    p.add_argument("--latent-length", type=float, default=5.0, help="cm of track per dE/dx latent")
+    p.add_argument("--likelihood", default="ppp", choices=["ppp", "sequential"])
+    p.add_argument("--eps", type=float, default=1e-8, help="per-hit likelihood floor")
+    p.add_argument("--draws", type=int, default=300, help="posterior draws per chain")
+    p.add_argument("--warmup", type=int, default=300, help="NUTS warm-up iterations per chain")
+    p.add_argument("--chains", type=int, default=2)
+    p.add_argument("--steps", type=int, default=1500, help="SVI / MAP optimisation steps")
+    p.add_argument("--ppc-draws", type=int, default=100, help="posterior-predictive replicas")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plots", help="directory for PNG plots (default: beside the output)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from .calibrate import calibrate_file
+
+    report = calibrate_file(
+        args.hits,
+        args.output,
+        method=args.method,
+        fix=args.fix,
+        latent_length_cm=args.latent_length,
+        likelihood=args.likelihood,
+        eps=args.eps,
+        draws=args.draws,
+        warmup=args.warmup,
+        chains=args.chains,
+        steps=args.steps,
+        ppc_draws=args.ppc_draws,
+        seed=args.seed,
+        plots=args.plots,
+        progress=not args.quiet,
+    )
+    print(report)
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from .results import check_file
+
+    print(check_file(args.result, outdir=args.plots, quiet=True))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .calibrate import run_demo
+
+    print(
+        run_demo(
+            outdir=args.outdir,
+            n_tracks=args.n_tracks,
+            seed=args.seed,
+            draws=args.draws,
+            warmup=args.warmup,
+            chains=args.chains,
+            progress=not args.quiet,
+            detector=args.detector,
+        )
+    )
     return 0
 
 
@@ -82,8 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n-tracks", type=int, default=20)
     s.add_argument("--segments", help="larnd-sim segments HDF5 file instead of the generator")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--param", action="append", type=_parse_param, metavar="NAME=VALUE",
-                   help=f"override a calibration parameter ({', '.join(PARAM_NAMES)})")
+    s.add_argument(
+        "--param",
+        action="append",
+        type=_parse_param,
+        metavar="NAME=VALUE",
+        help=f"override a calibration parameter ({', '.join(PARAM_NAMES)})",
+    )
     s.add_argument("--no-noise", action="store_true", help="switch every readout noise term off")
     s.add_argument("--multiple-scattering", action="store_true")
     s.add_argument("--step-cm", type=float, default=0.04, help="sub-point step, cm")
@@ -91,6 +201,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.add_argument("-o", "--output", required=True, help="output hit file (HDF5)")
     s.set_defaults(func=_cmd_simulate)
+
+    f = sub.add_parser("fit", help="calibrate: posterior of the six parameters from a hit file")
+    f.add_argument("hits", help="hit file written by 'simulate' (or the package's hit format)")
+    f.add_argument("-o", "--output", required=True, help="output netCDF (ArviZ DataTree)")
+    _fit_args(f)
+    f.set_defaults(func=_cmd_fit)
+
+    c = sub.add_parser("check", help="diagnostics, posterior-predictive checks and plots")
+    c.add_argument("result", help="netCDF written by 'fit' or 'demo'")
+    c.add_argument("--plots", help="directory for PNG plots (default: beside the file)")
+    c.set_defaults(func=_cmd_check)
+
+    d = sub.add_parser("demo", help="end-to-end calibration on the embedded default")
+    d.add_argument("--outdir", default="out/demo")
+    d.add_argument("--detector", default="module0")
+    d.add_argument("--n-tracks", type=int, default=2)
+    d.add_argument("--seed", type=int, default=1)
+    d.add_argument("--draws", type=int, default=300)
+    d.add_argument("--warmup", type=int, default=300)
+    d.add_argument("--chains", type=int, default=2)
+    d.add_argument("-q", "--quiet", action="store_true")
+    d.set_defaults(func=_cmd_demo)
 
     try:
         from .calo.cli import register as register_calo
@@ -102,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # parallel MCMC chains on CPU need host devices, which must be set before JAX starts
+    from .inference import set_host_devices
+
+    set_host_devices()
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "n_tracks", 1) is not None and getattr(args, "n_tracks", 1) < 1:

@@ -65,7 +65,9 @@ class Segments(NamedTuple):
             ("pdg_id", self.pdg_id, (n,)),
         ]:
             if np.shape(arr) != shape:
-                raise ValueError(f"{where}: field {name!r} has shape {np.shape(arr)}, expected {shape}")
+                raise ValueError(
+                    f"{where}: field {name!r} has shape {np.shape(arr)}, expected {shape}"
+                )
             if np.issubdtype(np.asarray(arr).dtype, np.floating) and not np.all(np.isfinite(arr)):
                 raise ValueError(f"{where}: field {name!r} contains NaN or inf")
         if np.any(self.dE < 0):
@@ -92,7 +94,12 @@ def make_segments(
         return np.broadcast_to(np.asarray(v, dtype=dt), (n,)).copy()
 
     return Segments(
-        start, end, dE, col(t0, np.float64), col(track_id, np.int64), col(event_id, np.int64),
+        start,
+        end,
+        dE,
+        col(t0, np.float64),
+        col(track_id, np.int64),
+        col(event_id, np.int64),
         col(pdg_id, np.int64),
     ).validate()
 

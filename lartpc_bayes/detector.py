@@ -34,9 +34,9 @@ class CardError(ValueError):
 class TPC:
     """One drift volume.
 
-    ``anode_cm`` and ``cathode_cm`` are positions on the drift axis; electrons drift from the cathode
-    side towards the anode. ``plane_min_cm``/``plane_max_cm`` bound the two in-plane coordinates (the
-    non-drift axes in increasing order, e.g. (x, y) when the drift axis is z).
+    ``anode_cm`` and ``cathode_cm`` are positions on the drift axis; electrons drift from the
+    cathode side towards the anode. ``plane_min_cm``/``plane_max_cm`` bound the two in-plane
+    coordinates (the non-drift axes in increasing order, e.g. (x, y) when the drift axis is z).
     """
 
     anode_cm: float
@@ -114,12 +114,12 @@ class Electronics:
 
     @property
     def hold_ticks(self) -> int:
-        """Ticks integrated after the threshold crossing before the sample is held (18 for LArPix)."""
+        """Ticks integrated after the crossing before the sample is held (18 for LArPix)."""
         return self.hold_cycles + self.hold_extra_cycles
 
     @property
     def dead_ticks(self) -> int:
-        """Ticks from the crossing tick to the first tick of the next integration (hold+busy+reset)."""
+        """Ticks from the crossing to the next integration start (hold + busy + reset)."""
         return self.hold_ticks + self.busy_cycles + self.reset_cycles
 
     @property
@@ -225,7 +225,9 @@ def parse_card(raw: Any, fname: str = "<card>") -> DetectorCard:
     axis = _get(g, "drift_axis", "geometry.", fname, str)
     if axis not in _AXES:
         raise CardError(f"{fname}: key 'geometry.drift_axis' must be x, y or z, got {axis!r}")
-    pitch = _positive(_get(g, "pixel_pitch_cm", "geometry.", fname), "geometry.pixel_pitch_cm", fname)
+    pitch = _positive(
+        _get(g, "pixel_pitch_cm", "geometry.", fname), "geometry.pixel_pitch_cm", fname
+    )
     tl = _get(g, "tpcs", "geometry.", fname, list)
     if not tl:
         raise CardError(f"{fname}: key 'geometry.tpcs' must list at least one TPC")
@@ -241,7 +243,9 @@ def parse_card(raw: Any, fname: str = "<card>") -> DetectorCard:
         for k in plane_keys:
             r = _get(t, k, pre, fname, list)
             if len(r) != 2 or not all(isinstance(v, int | float) for v in r) or r[1] <= r[0]:
-                raise CardError(f"{fname}: key '{pre}{k}' must be [min, max] with min < max, got {r}")
+                raise CardError(
+                    f"{fname}: key '{pre}{k}' must be [min, max] with min < max, got {r}"
+                )
             n = (r[1] - r[0]) / pitch
             if abs(n - round(n)) > 1e-3:
                 raise CardError(
@@ -258,7 +262,9 @@ def parse_card(raw: Any, fname: str = "<card>") -> DetectorCard:
     if rec not in ("birks", "box"):
         raise CardError(f"{fname}: key 'physics.recombination' must be birks or box, got {rec!r}")
     physics = Physics(
-        temperature_K=_positive(_get(ph, "temperature_K", "physics.", fname), "physics.temperature_K", fname),
+        temperature_K=_positive(
+            _get(ph, "temperature_K", "physics.", fname), "physics.temperature_K", fname
+        ),
         lar_density_g_cm3=_positive(
             _get(ph, "lar_density_g_cm3", "physics.", fname), "physics.lar_density_g_cm3", fname
         ),
@@ -272,16 +278,30 @@ def parse_card(raw: Any, fname: str = "<card>") -> DetectorCard:
     fl = {
         k: _positive(_get(el, k, "electronics.", fname), "electronics." + k, fname, allow_zero=z)
         for k, z in [
-            ("tick_us", False), ("threshold_e", False), ("reset_noise_e", True),
-            ("uncorrelated_noise_e", True), ("discriminator_noise_e", True),
-            ("gain_mV_per_ke", False), ("v_pedestal_mV", True), ("v_cm_mV", True), ("v_ref_mV", False),
+            ("tick_us", False),
+            ("threshold_e", False),
+            ("reset_noise_e", True),
+            ("uncorrelated_noise_e", True),
+            ("discriminator_noise_e", True),
+            ("gain_mV_per_ke", False),
+            ("v_pedestal_mV", True),
+            ("v_cm_mV", True),
+            ("v_ref_mV", False),
         ]
     }
     it = {
-        k: int(_positive(_get(el, k, "electronics.", fname, int), "electronics." + k, fname, allow_zero=z))
+        k: int(
+            _positive(
+                _get(el, k, "electronics.", fname, int), "electronics." + k, fname, allow_zero=z
+            )
+        )
         for k, z in [
-            ("adc_bits", False), ("hold_cycles", True), ("hold_extra_cycles", True),
-            ("busy_cycles", True), ("reset_cycles", True), ("max_hits_per_pixel", False),
+            ("adc_bits", False),
+            ("hold_cycles", True),
+            ("hold_extra_cycles", True),
+            ("busy_cycles", True),
+            ("reset_cycles", True),
+            ("max_hits_per_pixel", False),
         ]
     }
     if fl["v_ref_mV"] <= fl["v_cm_mV"]:
@@ -295,7 +315,9 @@ def parse_card(raw: Any, fname: str = "<card>") -> DetectorCard:
         spec = _get(pr, pname, "parameters.", fname, dict)
         nom, lo, hi = (_get(spec, k, pre, fname) for k in ("nominal", "low", "high"))
         if not (0 < lo < hi):
-            raise CardError(f"{fname}: key '{pre}low/high' must satisfy 0 < low < high, got [{lo}, {hi}]")
+            raise CardError(
+                f"{fname}: key '{pre}low/high' must satisfy 0 < low < high, got [{lo}, {hi}]"
+            )
         if not lo <= nom <= hi:
             raise CardError(f"{fname}: key '{pre}nominal' = {nom} outside [{lo}, {hi}]")
         params.append(
@@ -338,7 +360,13 @@ def card_to_dict(card: DetectorCard) -> dict[str, Any]:
         "physics": dict(card.physics.__dict__),
         "electronics": dict(card.electronics.__dict__),
         "parameters": {
-            p.name: {"nominal": p.nominal, "low": p.low, "high": p.high, "unit": p.unit, "source": p.source}
+            p.name: {
+                "nominal": p.nominal,
+                "low": p.low,
+                "high": p.high,
+                "unit": p.unit,
+                "source": p.source,
+            }
             for p in card.params
         },
     }

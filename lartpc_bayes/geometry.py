@@ -1,8 +1,8 @@
 """Pixel geometry on the host: TPC assignment, pixel indices, global pixel ids, pixel centres.
 
 Global pixel id: ``id = offset[tpc] + ix + nx[tpc] * iy`` with ``offset`` the running sum of
-``nx * ny`` over the TPCs of the card, (ix, iy) the pixel indices along the two in-plane axes, counted
-from the TPC's ``plane_min_cm`` corner. A pixel centre is ``plane_min + (i + 1/2) * pitch``
+``nx * ny`` over the TPCs of the card, (ix, iy) the pixel indices along the two in-plane axes,
+counted from the TPC's ``plane_min_cm`` corner. A pixel centre is ``plane_min + (i + 1/2) * pitch``
 (larnd-sim ``pixel2id`` convention up to the per-TPC offset).
 """
 
@@ -15,7 +15,9 @@ from .detector import DetectorCard
 
 def tpc_pixel_counts(card: DetectorCard) -> np.ndarray:
     """(n_tpc, 2) pixel counts along the two in-plane axes."""
-    return np.array([card.geometry.n_pixels(i) for i in range(len(card.geometry.tpcs))], dtype=np.int64)
+    return np.array(
+        [card.geometry.n_pixels(i) for i in range(len(card.geometry.tpcs))], dtype=np.int64
+    )
 
 
 def tpc_id_offsets(card: DetectorCard) -> np.ndarray:
@@ -27,8 +29,8 @@ def tpc_id_offsets(card: DetectorCard) -> np.ndarray:
 def tpc_of_points(card: DetectorCard, xyz: np.ndarray, margin_cm: float = 0.0) -> np.ndarray:
     """Index of the TPC containing each point (-1 outside every drift volume).
 
-    xyz : (..., 3) cm. A point belongs to a TPC if it lies between its anode and cathode on the drift
-    axis and inside its pixel plane (both widened by ``margin_cm``).
+    xyz : (..., 3) cm. A point belongs to a TPC if it lies between its anode and cathode on the
+    drift axis and inside its pixel plane (both widened by ``margin_cm``).
     """
     g = card.geometry
     xyz = np.asarray(xyz, dtype=np.float64)
@@ -39,9 +41,12 @@ def tpc_of_points(card: DetectorCard, xyz: np.ndarray, margin_cm: float = 0.0) -
     for i, t in enumerate(g.tpcs):
         lo, hi = min(t.anode_cm, t.cathode_cm), max(t.anode_cm, t.cathode_cm)
         inside = (
-            (d >= lo - margin_cm) & (d <= hi + margin_cm)
-            & (u >= t.plane_min_cm[0] - margin_cm) & (u <= t.plane_max_cm[0] + margin_cm)
-            & (v >= t.plane_min_cm[1] - margin_cm) & (v <= t.plane_max_cm[1] + margin_cm)
+            (d >= lo - margin_cm)
+            & (d <= hi + margin_cm)
+            & (u >= t.plane_min_cm[0] - margin_cm)
+            & (u <= t.plane_max_cm[0] + margin_cm)
+            & (v >= t.plane_min_cm[1] - margin_cm)
+            & (v <= t.plane_max_cm[1] + margin_cm)
             & (out < 0)
         )
         out = np.where(inside, i, out)
@@ -69,7 +74,9 @@ def pixel_indices(card: DetectorCard, tpc: np.ndarray, u: np.ndarray, v: np.ndar
     return ix, iy
 
 
-def pixel_in_range(card: DetectorCard, tpc: np.ndarray, ix: np.ndarray, iy: np.ndarray) -> np.ndarray:
+def pixel_in_range(
+    card: DetectorCard, tpc: np.ndarray, ix: np.ndarray, iy: np.ndarray
+) -> np.ndarray:
     n = tpc_pixel_counts(card)[tpc]
     return (ix >= 0) & (iy >= 0) & (ix < n[..., 0]) & (iy < n[..., 1])
 
@@ -100,7 +107,7 @@ def pixel_center(card: DetectorCard, pid: np.ndarray) -> np.ndarray:
     tpc, ix, iy = pixel_from_id(card, pid)
     umin = np.array([t.plane_min_cm[0] for t in g.tpcs])[tpc]
     vmin = np.array([t.plane_min_cm[1] for t in g.tpcs])[tpc]
-    out = np.zeros(np.shape(pid) + (3,))
+    out = np.zeros((*np.shape(pid), 3))
     out[..., g.plane_axes[0]] = umin + (ix + 0.5) * g.pixel_pitch_cm
     out[..., g.plane_axes[1]] = vmin + (iy + 0.5) * g.pixel_pitch_cm
     out[..., g.drift_axis] = np.array([t.anode_cm for t in g.tpcs])[tpc]

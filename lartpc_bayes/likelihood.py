@@ -25,6 +25,7 @@ the plan (buckets concatenated, padding included) up to M = max hits per pixel s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -44,7 +45,8 @@ class LikelihoodConfig:
     (logaddexp); n_nodes: Gauss-Hermite nodes over the reset noise; mark: "gaussian" or "exact"
     ADC-bin probability (:func:`lartpc_bayes.readout_prob.log_adc_prob`); max_hits: per bucket, the
     static size of the compacted hit list of the PPP (empty: every slot of the table; hits beyond it
-    are counted at the floor, see :func:`hit_list_sizes`)."""
+    are counted at the floor, see :func:`hit_list_sizes`); max_lag: lag band of the later reset rows
+    (0 = exact, see :func:`lartpc_bayes.readout_prob.readout_tensors`)."""
 
     kind: str = "ppp"
     eps: float = 1e-8
@@ -52,6 +54,7 @@ class LikelihoodConfig:
     n_nodes: int = N_NODES
     mark: str = "gaussian"
     max_hits: tuple[int, ...] = ()
+    max_lag: int = 0
 
     def __post_init__(self):
         if self.kind not in ("ppp", "sequential"):
@@ -139,6 +142,7 @@ def _split(table, buckets):
     return out
 
 
+@partial(jax.jit, static_argnames=("el", "config"))
 def log_likelihood(
     charges: tuple[tuple[jax.Array, jax.Array], ...],
     buckets,
@@ -147,12 +151,15 @@ def log_likelihood(
     el: Electronics,
     config: LikelihoodConfig,
 ) -> jax.Array:
-    """log-likelihood of a hit table given the expected charges ``(Q, origin)`` per bucket."""
+    """log-likelihood of a hit table given the expected charges ``(Q, origin)`` per bucket.
+
+    Jitted (inlined when traced inside a larger jit), so that NumPyro's eager model runs during
+    initialisation call one compiled kernel instead of dispatching op by op."""
     log_eps = config.log_eps
     total = n_outside * log_eps
     for i, ((Q, origin), b, tb) in enumerate(zip(charges, buckets, _split(table, buckets),
                                                   strict=True)):
-        rt = readout_tensors(Q, el, config.n_nodes)
+        rt = readout_tensors(Q, el, config.n_nodes, config.max_lag)
         mask = b.chan_mask
         tick = tb[..., 0]
         adc = tb[..., 1]
@@ -204,22 +211,29 @@ class LArPixReadout(Distribution):
                          validate_args=validate_args)
 
     def sample(self, key, sample_shape=()):
-        def one(k):
-            rows = []
-            for kk, (Q, origin), b in zip(jax.random.split(k, len(self.charges)), self.charges,
-                                          self.buckets, strict=True):
-                h = simulate_channels(kk, Q, self.el)
-                ok = h.valid & (b.chan_mask[:, None] > 0)
-                rows.append(jnp.stack([jnp.where(ok, h.tick + origin[:, None], -1),
-                                       jnp.where(ok, h.adc, -1)], -1))
-            return jnp.concatenate(rows, 0).astype(jnp.int32)
-
-        if not sample_shape:
-            return one(key)
-        n = int(np.prod(sample_shape))
-        out = jax.vmap(one)(jax.random.split(key, n))
-        return out.reshape(tuple(sample_shape) + out.shape[1:])
+        return _sample_tables(key, self.charges, self.buckets, self.el, tuple(sample_shape))
 
     def log_prob(self, value):
         return log_likelihood(self.charges, self.buckets, value, self.n_outside, self.el,
                               self.config)
+
+
+@partial(jax.jit, static_argnames=("el", "sample_shape"))
+def _sample_tables(key, charges, buckets, el: Electronics, sample_shape=()):
+    """Hit tables from the stochastic readout, (*sample_shape, channels, M, 2)."""
+
+    def one(k):
+        rows = []
+        for kk, (Q, origin), b in zip(jax.random.split(k, len(charges)), charges, buckets,
+                                      strict=True):
+            h = simulate_channels(kk, Q, el)
+            ok = h.valid & (b.chan_mask[:, None] > 0)
+            rows.append(jnp.stack([jnp.where(ok, h.tick + origin[:, None], -1),
+                                   jnp.where(ok, h.adc, -1)], -1))
+        return jnp.concatenate(rows, 0).astype(jnp.int32)
+
+    if not sample_shape:
+        return one(key)
+    n = int(np.prod(sample_shape))
+    out = jax.vmap(one)(jax.random.split(key, n))
+    return out.reshape(tuple(sample_shape) + out.shape[1:])

@@ -17,6 +17,7 @@ loc 1.874 MeV/cm, s_L 0.1204, s_R 0.1058.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -50,19 +51,27 @@ class SplitStudentT(dist.Distribution):
     ``s_L I(nu_L)/2 + s_R I(nu_R)/2`` with I the kernel integral.
     """
 
-    arg_constraints = {
-        "loc": constraints.real, "s_left": constraints.positive, "s_right": constraints.positive,
-        "nu_left": constraints.positive, "nu_right": constraints.positive,
+    arg_constraints: ClassVar[dict] = {
+        "loc": constraints.real,
+        "s_left": constraints.positive,
+        "s_right": constraints.positive,
+        "nu_left": constraints.positive,
+        "nu_right": constraints.positive,
     }
     support = constraints.real
-    reparametrized_params = ["loc", "s_left", "s_right"]
+    reparametrized_params: ClassVar[list] = ["loc", "s_left", "s_right"]
 
     def __init__(self, loc, s_left, s_right, nu_left, nu_right, validate_args=None):
         self.loc, self.s_left, self.s_right, self.nu_left, self.nu_right = (
-            jnp.asarray(v, jnp.result_type(float)) for v in (loc, s_left, s_right, nu_left,
-                                                              nu_right))
-        batch_shape = jax.lax.broadcast_shapes(*(jnp.shape(v) for v in (
-            self.loc, self.s_left, self.s_right, self.nu_left, self.nu_right)))
+            jnp.asarray(v, jnp.result_type(float))
+            for v in (loc, s_left, s_right, nu_left, nu_right)
+        )
+        batch_shape = jax.lax.broadcast_shapes(
+            *(
+                jnp.shape(v)
+                for v in (self.loc, self.s_left, self.s_right, self.nu_left, self.nu_right)
+            )
+        )
         super().__init__(batch_shape=batch_shape, validate_args=validate_args)
 
     def _log_norm(self):
@@ -161,6 +170,11 @@ def build_problem(
     return CalibrationProblem(card, plan, s2l, n_lat, likelihood, fixed, table, n_out)
 
 
+#: jitted forward model (inlined when traced inside a larger jit; compiled once for NumPyro's eager
+#: initialisation runs)
+_expected_charge = jax.jit(expected_charge, static_argnames=("card", "n_sigma"))
+
+
 def calibration_model(problem: CalibrationProblem, hits=None):
     """The NumPyro model. ``hits`` is the observed (channels, M, 2) table or None to simulate."""
     card = problem.card
@@ -173,15 +187,18 @@ def calibration_model(problem: CalibrationProblem, hits=None):
     pr = problem.prior
     s = 0.5 * (pr["s_left"] + pr["s_right"])
     with numpyro.plate("latent", problem.n_latent):
-        z = numpyro.sample("z_dEdx", SplitStudentT(0.0, pr["s_left"] / s, pr["s_right"] / s,
-                                                   pr["nu_left"], pr["nu_right"]))
+        z = numpyro.sample(
+            "z_dEdx",
+            SplitStudentT(0.0, pr["s_left"] / s, pr["s_right"] / s, pr["nu_left"], pr["nu_right"]),
+        )
     dEdx = numpyro.deterministic("dEdx", pr["loc"] + s * z)
     dEdx_seg = jnp.maximum(dEdx[jnp.asarray(problem.seg_to_latent)], 1e-3)
     params = DetectorParams(*(theta[p] for p in PARAM_NAMES))
-    charges = expected_charge(problem.plan.device, dEdx_seg, params, card)
+    charges = _expected_charge(problem.plan.device, dEdx_seg, params, card)
     numpyro.sample(
         "hits",
-        LArPixReadout(charges, problem.plan.buckets, card.electronics, problem.likelihood,
-                      problem.n_outside),
+        LArPixReadout(
+            charges, problem.plan.buckets, card.electronics, problem.likelihood, problem.n_outside
+        ),
         obs=hits,
     )

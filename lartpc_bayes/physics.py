@@ -90,8 +90,9 @@ def box_recombination(dEdx, E, alpha: float, beta: float, density: float):
 def recombination(dEdx, params: DetectorParams, physics: Physics):
     """Recombination survival fraction with the card's model (Birks uses A_B, k_B from params)."""
     if physics.recombination == "box":
-        return box_recombination(dEdx, params.E, physics.box_alpha, physics.box_beta,
-                                 physics.lar_density_g_cm3)
+        return box_recombination(
+            dEdx, params.E, physics.box_alpha, physics.box_beta, physics.lar_density_g_cm3
+        )
     return birks_recombination(dEdx, params.E, params.A_B, params.k_B, physics.lar_density_g_cm3)
 
 

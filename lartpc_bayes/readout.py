@@ -16,8 +16,8 @@ channel's window, with ``q_j = Q[j] - Q[j-1]`` the charge arriving during tick j
 
 Differences from larnd-sim, on purpose: no discard of a held sample that fell below threshold
 (DESIGN.md's readout has none; with Q non-decreasing it needs a downward noise fluctuation after a
-crossing at the threshold), no buffer rise time, no periodic reset, and a hold that runs past the end
-of a channel window is sampled at the window end (no charge arrives there by construction).
+crossing at the threshold), no buffer rise time, no periodic reset, and a hold that runs past the
+end of a channel window is sampled at the window end (no charge arrives there by construction).
 
 The digitiser is ``ADC = min(round(max(Q G + V_ped - V_cm, 0) 2^bits / (V_ref - V_cm)), 2^bits-1)``.
 """
@@ -38,15 +38,17 @@ from .detector import Electronics
 def digitize(q_e, el: Electronics):
     """ADC code (float array of integers) of a charge ``q_e`` in electrons."""
     g = el.gain_mV_per_ke * 1e-3
-    x = jnp.maximum(q_e * g + el.v_pedestal_mV - el.v_cm_mV, 0.0) * el.adc_counts / (
-        el.v_ref_mV - el.v_cm_mV
+    x = (
+        jnp.maximum(q_e * g + el.v_pedestal_mV - el.v_cm_mV, 0.0)
+        * el.adc_counts
+        / (el.v_ref_mV - el.v_cm_mV)
     )
     return jnp.minimum(jnp.round(x), el.adc_counts - 1)
 
 
 def adc_to_charge(adc, el: Electronics):
     """Charge, electrons, at the centre of ADC bin ``adc``:
-    ``(adc (V_ref - V_cm)/2^bits + V_cm - V_ped) / G`` (ndlar_flow ``calib_prompt_hits`` formula)."""
+    ``(adc (V_ref - V_cm)/2^bits + V_cm - V_ped) / G`` (ndlar_flow ``calib_prompt_hits``)."""
     g = el.gain_mV_per_ke * 1e-3
     return (adc * (el.v_ref_mV - el.v_cm_mV) / el.adc_counts + el.v_cm_mV - el.v_pedestal_mV) / g
 
@@ -68,8 +70,9 @@ class ChannelHits(NamedTuple):
     valid: jax.Array  # bool
 
 
-def simulate_channels(key: jax.Array, Q: jax.Array, el: Electronics, noise: bool = True
-                      ) -> ChannelHits:
+def simulate_channels(
+    key: jax.Array, Q: jax.Array, el: Electronics, noise: bool = True
+) -> ChannelHits:
     """Run the stochastic readout on cumulative charges ``Q`` (C, W) electrons.
 
     Noise draws come from ``key`` (reproducible); ``noise=False`` switches every noise term off.
@@ -81,8 +84,10 @@ def simulate_channels(key: jax.Array, Q: jax.Array, el: Electronics, noise: bool
     q = jnp.diff(Q, axis=1, prepend=jnp.zeros((C, 1), dtype))
     ks = jax.random.split(key, 4)
     scale = 1.0 if noise else 0.0
-    n_trig = scale * jnp.hypot(el.uncorrelated_noise_e, el.discriminator_noise_e) * jax.random.normal(
-        ks[0], (C, W), dtype
+    n_trig = (
+        scale
+        * jnp.hypot(el.uncorrelated_noise_e, el.discriminator_noise_e)
+        * jax.random.normal(ks[0], (C, W), dtype)
     )
     n_samp = scale * el.uncorrelated_noise_e * jax.random.normal(ks[1], (C, W), dtype)
     n_reset = scale * el.reset_noise_e * jax.random.normal(ks[2], (C, W + 1), dtype)
@@ -104,13 +109,15 @@ def simulate_channels(key: jax.Array, Q: jax.Array, el: Electronics, noise: bool
             sample_now = holding & (hold == 1)
             held_val = integ + ns
             can_store = n < M
-            held = jnp.where(sample_now & can_store, held.at[jnp.minimum(n, M - 1)].set(held_val),
-                             held)
+            held = jnp.where(
+                sample_now & can_store, held.at[jnp.minimum(n, M - 1)].set(held_val), held
+            )
             n = jnp.where(sample_now, n + 1, n)
             hold_next = jnp.where(holding, hold - 1, hold)
             lost_next = jnp.where(sample_now, R, lost_next)
-            wait_next = jnp.where(sample_now, B, jnp.where((~in_reset) & (~holding) & (wait > 0),
-                                                           wait - 1, wait))
+            wait_next = jnp.where(
+                sample_now, B, jnp.where((~in_reset) & (~holding) & (wait > 0), wait - 1, wait)
+            )
             # after a sample with R == 0 the reset is immediate
             integ = jnp.where(sample_now & (R == 0), nr, integ)
             armed = (~in_reset) & (~holding) & (wait == 0) & (n < M)
@@ -124,8 +131,9 @@ def simulate_channels(key: jax.Array, Q: jax.Array, el: Electronics, noise: bool
         (integ, hold, _, _, n, ticks, held, _), _ = jax.lax.scan(step, init, xs)
         # a hold still open at the window end is sampled there (no further charge arrives)
         pending = hold > 0
-        held = jnp.where(pending & (n < M), held.at[jnp.minimum(n, M - 1)].set(integ + samp_c[-1]),
-                         held)
+        held = jnp.where(
+            pending & (n < M), held.at[jnp.minimum(n, M - 1)].set(integ + samp_c[-1]), held
+        )
         n = jnp.where(pending, n + 1, n)
         valid = jnp.arange(M) < jnp.minimum(n, M)
         return ticks, held, valid

@@ -9,7 +9,8 @@ to a Gauss-Hermite quadrature over the reset noise. For one channel with cumulat
   After a trigger at s the integrator restarts at ``r = s + H + R`` (it then holds
   ``Q[u] - Q[r]``) and is armed from ``u = s + D1``; that "later row" is labelled by s. Only
   ``s < L = W - D1`` can trigger again inside the window, and its next trigger is at
-  ``t = s + D1 + delta``, ``0 <= delta < L - s``: later rows live on an (L, L) lag grid.
+  ``t = s + D1 + delta``, ``0 <= delta < L - s``: later rows live on an (L, L) lag grid
+  (optionally cut to (L, max_lag)).
 * **Trigger.** Given the reset noise rho ~ N(0, sigma_reset), the comparator fires at tick u with
   probability ``h_u = Phi((rho + Q[u] - Q[r] - thr) / sigma_e)``, ``sigma_e^2 = sigma_uncorr^2 +
   sigma_disc^2`` (fresh noise every tick, as the simulator). The first trigger after a row is at t
@@ -43,6 +44,12 @@ N_NODES = 8
 #: Standardised comparator argument is clipped to +-Z_CLIP (Phi(-9) = 1.1e-19).
 Z_CLIP = 9.0
 _SQRT_HALF = 0.7071067811865476
+#: log of an impossible event: finite, so that logsumexp over impossible entries and its first and
+#: second derivatives stay finite (exp(LOG_ZERO) underflows to exactly 0 in float32 and float64)
+LOG_ZERO = -1e6
+#: intensities below this are taken as this before their log: 1/x^2 (second derivatives) stays
+#: inside float32, and a reset row this unlikely cannot matter
+TINY = 1e-15
 
 
 def hermite_nodes(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -53,18 +60,22 @@ def hermite_nodes(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def log_diff_ndtr(a, b):
     """``log(Phi(b) - Phi(a))`` for a < b, stable in both tails (b may be +inf)."""
+    # b = +inf is the censored tail log_ndtr(-a); it is taken apart because log_ndtr(-inf) has a
+    # NaN gradient that the flipped branch below would otherwise propagate
+    tail = jnp.isposinf(b)
+    b = jnp.where(tail, a + 1.0, b)
     flip = a > 0  # evaluate in the lower tail, where the CDFs are not close to 1
     lo = jnp.where(flip, -b, a)
     hi = jnp.where(flip, -a, b)
     lhi = log_ndtr(hi)
     d = jnp.minimum(log_ndtr(lo) - lhi, -1e-30)
-    return lhi + jnp.log(-jnp.expm1(d))
+    return jnp.where(tail, log_ndtr(-a), lhi + jnp.log(-jnp.expm1(d)))
 
 
 def safe_log(x):
-    """``log(x)`` with -inf at x <= 0 and a zero (not NaN) gradient there."""
-    pos = x > 0
-    return jnp.where(pos, jnp.log(jnp.where(pos, x, 1.0)), -jnp.inf)
+    """``log(max(x, TINY))`` with zero (not NaN) first and second derivatives below TINY."""
+    pos = x > TINY
+    return jnp.where(pos, jnp.log(jnp.where(pos, x, 1.0)), float(np.log(TINY)))
 
 
 def lag_geometry(W: int, el: Electronics) -> tuple[int, int]:
@@ -77,7 +88,7 @@ class ReadoutTensors(NamedTuple):
     """Per-channel readout distributions of one bucket (C channels, K nodes, W ticks, L rows)."""
 
     log_g0: jax.Array  # (C, K, W)    log P(first trigger at t, node k) from the window start
-    log_gl: jax.Array  # (C, K, L, L) log P(next trigger at s + D1 + delta, node k | trigger at s)
+    log_gl: jax.Array  # (C, K, L, LB) log P(next trigger at s + D1 + delta, node k | trigger at s)
     log_S0: jax.Array  # (C, K)       log P(no trigger in the window, node k) from the start
     log_Sl: jax.Array  # (C, K, L)    log P(no further trigger, node k | trigger at s)
     lam: jax.Array  # (C, W)          hit intensity lambda(t)
@@ -85,10 +96,18 @@ class ReadoutTensors(NamedTuple):
     expected_hits: jax.Array  # (C,)
 
 
-def readout_tensors(Q: jax.Array, el: Electronics, n_nodes: int = N_NODES) -> ReadoutTensors:
-    """Trigger probabilities, slot recursion and hit intensity for the channels ``Q`` (C, W)."""
+def readout_tensors(Q: jax.Array, el: Electronics, n_nodes: int = N_NODES, max_lag: int = 0
+                    ) -> ReadoutTensors:
+    """Trigger probabilities, slot recursion and hit intensity for the channels ``Q`` (C, W).
+
+    ``max_lag > 0`` bounds the lag grid of the later rows to ``min(L, max_lag)`` ticks after the
+    re-arming (cost C K L max_lag instead of C K L^2): a next trigger later than that is not
+    modelled (its probability is reported by ``ReadoutTensors.log_Sl``, the survival through the
+    band). ``max_lag = 0`` keeps the exact grid.
+    """
     C, W = Q.shape
     D1, L = lag_geometry(W, el)
+    LB = min(L, max_lag) if max_lag > 0 else L
     x, logw = hermite_nodes(n_nodes)
     dtype = Q.dtype
     rho = jnp.asarray(x * el.reset_noise_e, dtype)
@@ -98,12 +117,12 @@ def readout_tensors(Q: jax.Array, el: Electronics, n_nodes: int = N_NODES) -> Re
     M = el.max_hits_per_pixel
     HR = el.hold_ticks + el.reset_cycles
     s_idx = jnp.arange(L)
-    d_idx = jnp.arange(L)
-    t_of = s_idx[:, None] + D1 + d_idx[None, :]  # (L, L) tick of (row s, lag delta)
+    d_idx = jnp.arange(LB)
+    t_of = s_idx[:, None] + D1 + d_idx[None, :]  # (L, LB) tick of (row s, lag delta)
     lag_ok = d_idx[None, :] < (L - s_idx)[:, None]
     t_idx = jnp.arange(W)
     delta_of = t_idx[None, :] - s_idx[:, None] - D1  # (L, W) lag of tick t from row s
-    dense_ok = (delta_of >= 0) & (delta_of < L)
+    dense_ok = (delta_of >= 0) & (delta_of < LB)
 
     def first_trigger(z, mask):
         # Phi(-z) and Phi(z) from one erfc each; z is clipped to [-Z_CLIP, Z_CLIP] (a trigger
@@ -115,7 +134,7 @@ def readout_tensors(Q: jax.Array, el: Electronics, n_nodes: int = N_NODES) -> Re
         n = z.shape[-1]
         # inclusive cumulative sum as a triangular matmul: 4x faster than cumsum on XLA:CPU
         cum = log_stay @ jnp.triu(jnp.ones((n, n), z.dtype))
-        log_g = jnp.where(mask, cum - log_stay + log_fire, -jnp.inf)
+        log_g = jnp.where(mask, cum - log_stay + log_fire, LOG_ZERO)
         return log_g, cum[..., -1]
 
     def one(Qc):
@@ -128,13 +147,13 @@ def readout_tensors(Q: jax.Array, el: Electronics, n_nodes: int = N_NODES) -> Re
             return (log_g0, jnp.zeros((n_nodes, 0, 0), dtype), log_S0,
                     jnp.zeros((n_nodes, 0), dtype), f0, jnp.zeros(0, dtype))
         q_reset = Qc[s_idx + HR]  # (L,) charge lost at the reset of row s
-        q_t = Qc[jnp.minimum(t_of, W - 1)]  # (L, L)
+        q_t = Qc[jnp.minimum(t_of, W - 1)]  # (L, LB)
         z = (rho[:, None, None] + (q_t - q_reset[:, None])[None] - thr) / sig_e  # (K, L, L)
         log_gl, log_Sl = first_trigger(z, lag_ok[None])
         log_gl = log_gl + logw[:, None, None]
         log_Sl = log_Sl + logw[:, None]
-        Gl = jnp.exp(logsumexp(log_gl, axis=0))  # (L, L)
-        Gd = jnp.where(dense_ok, Gl[s_idx[:, None], jnp.clip(delta_of, 0, L - 1)], 0.0)  # (L, W)
+        Gl = jnp.exp(logsumexp(log_gl, axis=0))  # (L, LB)
+        Gd = jnp.where(dense_ok, Gl[s_idx[:, None], jnp.clip(delta_of, 0, LB - 1)], 0.0)  # (L, W)
 
         def slot(f, _):
             return f[:L] @ Gd, f
@@ -179,10 +198,11 @@ def hit_log_intensity(
     """PPP log intensity of hits: ``log(lambda(t) P(code | t))``, mixed over rows and rho.
 
     chan, t, adc : (N,) channel index in the bucket, tick index in its window, ADC code.
-    Ticks outside [0, W) give -inf.
+    Ticks outside [0, W) give LOG_ZERO.
     """
     C, W = Q.shape
     D1, L = lag_geometry(W, el)
+    LB = rt.log_gl.shape[-1]
     HR = el.hold_ticks + el.reset_cycles
     rho = _rho(el, n_nodes, Q.dtype)
     s_idx = jnp.arange(L)
@@ -196,14 +216,14 @@ def hit_log_intensity(
         out = logsumexp(term0)
         if L > 0:
             delta = tc - s_idx - D1
-            ok = (delta >= 0) & (delta < L - s_idx)
-            dc = jnp.clip(delta, 0, L - 1)
+            ok = (delta >= 0) & (delta < L - s_idx) & (delta < LB)
+            dc = jnp.clip(delta, 0, LB - 1)
             lg = rt.log_gl[c][:, s_idx, dc]  # (K, L)
             mu = rho[:, None] + q_held - Qc[s_idx + HR][None, :]
             terms = lg + log_adc_prob(a, mu, el, mark) + rt.log_A[c][None, :]
-            terms = jnp.where(ok[None, :], terms, -jnp.inf)
+            terms = jnp.where(ok[None, :], terms, LOG_ZERO)
             out = jnp.logaddexp(out, logsumexp(terms))
-        return jnp.where(inside, out, -jnp.inf)
+        return jnp.where(inside, out, LOG_ZERO)
 
     return jax.vmap(one)(chan, t, adc)
 
@@ -223,6 +243,7 @@ def sequential_log_prob(
     C, W = Q.shape
     M = t.shape[1]
     D1, L = lag_geometry(W, el)
+    LB = rt.log_gl.shape[-1]
     HR = el.hold_ticks + el.reset_cycles
     rho = _rho(el, n_nodes, Q.dtype)
 
@@ -240,18 +261,18 @@ def sequential_log_prob(
             if L > 0:
                 sc = jnp.clip(s, 0, L - 1)
                 delta = tt - s - D1
-                ok_later = (s >= 0) & (s < L) & (delta >= 0) & (delta < L - s)
-                lg_later = rt.log_gl[c][:, sc, jnp.clip(delta, 0, L - 1)]
+                ok_later = (s >= 0) & (s < L) & (delta >= 0) & (delta < L - s) & (delta < LB)
+                lg_later = rt.log_gl[c][:, sc, jnp.clip(delta, 0, LB - 1)]
                 q_reset = Qc[jnp.clip(s + HR, 0, W - 1)]
             else:
                 ok_later = jnp.array(False)
-                lg_later = jnp.full(rho.shape, -jnp.inf, Q.dtype)
+                lg_later = jnp.full(rho.shape, LOG_ZERO, Q.dtype)
                 q_reset = jnp.zeros((), Q.dtype)
             lg = jnp.where(first, rt.log_g0[c, :, tcl], lg_later)
             mu = rho + q_held - jnp.where(first, 0.0, q_reset)
             val = logsumexp(lg + log_adc_prob(ac_[m], mu, el, mark))
             ok = inside & (first | ok_later)
-            return jnp.maximum(jnp.where(ok, val, -jnp.inf), log_eps)
+            return jnp.maximum(jnp.where(ok, val, LOG_ZERO), log_eps)
 
         terms = jax.vmap(hit_term)(jnp.arange(M))
         n = vc_.sum()

@@ -36,8 +36,9 @@ class SimulationSummary(NamedTuple):
 def _simulate_device(key, device_plan, dEdx, params, card: DetectorCard, noise: bool):
     charges = expected_charge(device_plan, dEdx, params, card)
     hits = simulate_plan(key, charges, card.electronics, noise)
-    total = sum((Q[:, -1] * b.chan_mask).sum() for (Q, _), b in zip(charges, device_plan[1],
-                                                                   strict=True))
+    total = sum(
+        (Q[:, -1] * b.chan_mask).sum() for (Q, _), b in zip(charges, device_plan[1], strict=True)
+    )
     return hits, total
 
 
@@ -74,8 +75,9 @@ def simulate_batch(
     plan = plan or plan_charge(card, segments, step_cm=step_cm, pad=True)
     d = segments.dEdx if dEdx is None else np.asarray(dEdx)
     params = DetectorParams(*(jnp.asarray(v, jnp.float32) for v in params))
-    ch_hits, total = _simulate_device(key, plan.device, plan.pad_dEdx(jnp.asarray(d, jnp.float32)),
-                                      params, card, noise)
+    ch_hits, total = _simulate_device(
+        key, plan.device, plan.pad_dEdx(jnp.asarray(d, jnp.float32)), params, card, noise
+    )
     n_chan = int(sum(np.sum(c.event >= 0) for c in plan.channels))
     return collect_hits(plan, ch_hits), float(total), n_chan
 
@@ -100,10 +102,12 @@ def simulate_hits(
     batches = list(event_batches(segments, batch_length_cm))
     parts, total, n_chan = [], 0.0, 0
     keys = jax.random.split(key, max(len(batches), 1))
-    for k, idx in tqdm(list(zip(keys, batches, strict=False)), desc="simulate", unit="batch",
-                       disable=not progress):
-        h, q, c = simulate_batch(k, card, segments.select(idx), params, d_all[idx], noise=noise,
-                                 step_cm=step_cm)
+    for k, idx in tqdm(
+        list(zip(keys, batches, strict=False)), desc="simulate", unit="batch", disable=not progress
+    ):
+        h, q, c = simulate_batch(
+            k, card, segments.select(idx), params, d_all[idx], noise=noise, step_cm=step_cm
+        )
         parts.append(h)
         total += q
         n_chan += c
@@ -114,7 +118,8 @@ def simulate_hits(
     hits = hits.sorted()
     summary = SimulationSummary(
         n_tracks=int(np.unique(np.stack([segments.event_id, segments.track_id]), axis=1).shape[1])
-        if segments.n else 0,
+        if segments.n
+        else 0,
         n_segments=segments.n,
         length_cm=float(segments.dx.sum()),
         n_channels=n_chan,
