@@ -401,10 +401,21 @@ def hessian_pseudo_correlation(
 
     x0 = jnp.asarray([float(base[p]) / nom[p] for p in free])
     H = np.asarray(jax.hessian(nlp)(x0), np.float64)
-    cov = np.linalg.pinv(H)
-    sd_norm = np.sqrt(np.clip(np.diag(cov), 0, None))
-    corr = cov / np.outer(sd_norm, sd_norm)
+    if not np.all(np.isfinite(H)):
+        raise FloatingPointError("the Hessian of the negative log posterior is not finite")
+    corr, sd_norm = cov_to_corr(np.linalg.pinv(0.5 * (H + H.T)))
     return corr, sd_norm * np.array([nom[p] for p in free])
+
+
+def cov_to_corr(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(correlation, sd) of a covariance; NaN rows/columns where the variance is not > 0 (a
+    Hessian that is not positive definite along that parameter)."""
+    cov = np.asarray(cov, np.float64)
+    d = np.diag(cov)
+    ok = np.isfinite(d) & (d > 0)
+    sd = np.where(ok, np.sqrt(np.where(ok, d, 1.0)), np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return cov / np.outer(sd, sd), sd
 
 
 def predictive_hits(

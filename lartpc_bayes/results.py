@@ -461,58 +461,6 @@ def hessian_correlation(dt: xr.DataTree) -> tuple[pd.DataFrame, pd.Series] | Non
             pd.Series(np.asarray(ds["sd"].values), index=names))
 
 
-def hessian_fd(problem, map_values: dict[str, Any], *, rel_step: float = 1e-3
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """The talk-002 Hessian pseudo-correlation with the Hessian taken by central finite
-    differences of the (reverse-mode) gradient instead of ``jax.hessian``.
-
-    Same definition as :func:`lartpc_bayes.inference.hessian_pseudo_correlation` (theta /
-    theta_nominal, latents held at the optimum, inverse scaled to unit diagonal); use it where
-    second-order autodiff of the likelihood is not finite. ``rel_step`` is the step in units of
-    the nominal value. Returns (corr, sd in physical units)."""
-    import jax
-    import jax.numpy as jnp
-    from numpyro.infer.util import log_density
-
-    from .inference import _model_kwargs
-    from .model import calibration_model
-
-    nom = problem.card.nominal()
-    free = problem.free
-    kw = _model_kwargs(problem)
-    base = {k: jnp.asarray(v) for k, v in map_values.items() if k in (*free, "z_dEdx")}
-
-    def nlp(x):
-        vals = dict(base)
-        for i, p in enumerate(free):
-            vals[p] = x[i] * nom[p]
-        ld, _ = log_density(calibration_model, (problem,), kw, vals)
-        return -ld
-
-    g = jax.jit(jax.grad(nlp))
-    x0 = jnp.asarray([float(base[p]) / nom[p] for p in free], jnp.float32)
-    rows = []
-    for i in range(len(free)):
-        e = jnp.zeros(len(free), x0.dtype).at[i].set(rel_step)
-        rows.append((np.asarray(g(x0 + e), np.float64) - np.asarray(g(x0 - e), np.float64))
-                    / (2 * rel_step))
-    H = np.stack(rows)
-    H = 0.5 * (H + H.T)
-    cov = np.linalg.pinv(H) if np.all(np.isfinite(H)) else np.full_like(H, np.nan)
-    return _sanitize_hessian(cov_to_corr(cov), np.array([nom[p] for p in free]))
-
-
-def cov_to_corr(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(correlation, sd) of a covariance; NaN rows/columns where the variance is not > 0 (a
-    Hessian that is not positive definite there)."""
-    cov = np.asarray(cov, np.float64)
-    d = np.diag(cov)
-    ok = np.isfinite(d) & (d > 0)
-    sd = np.where(ok, np.sqrt(np.where(ok, d, 1.0)), np.nan)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return cov / np.outer(sd, sd), sd
-
-
 def _sanitize_hessian(corr_sd: tuple[np.ndarray, np.ndarray], scale: np.ndarray | float = 1.0
                       ) -> tuple[np.ndarray, np.ndarray]:
     corr, sd = (np.asarray(a, np.float64) for a in corr_sd)
@@ -523,19 +471,12 @@ def _sanitize_hessian(corr_sd: tuple[np.ndarray, np.ndarray], scale: np.ndarray 
 
 
 def hessian_at_optimum(problem, map_values: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, str]:
-    """:func:`lartpc_bayes.inference.hessian_pseudo_correlation` (autodiff), falling back to
-    :func:`hessian_fd` when that fails or is not finite. Returns (corr, sd, method) ready for
-    ``to_datatree(..., hessian=...)``."""
+    """:func:`lartpc_bayes.inference.hessian_pseudo_correlation` with NaN rows where the Hessian
+    is not positive definite; returns (corr, sd, method) ready for ``to_datatree(hessian=...)``."""
     from .inference import hessian_pseudo_correlation
 
-    try:
-        corr, sd = hessian_pseudo_correlation(problem, map_values)
-        if np.all(np.isfinite(corr)) and np.all(np.isfinite(sd)):
-            return (*_sanitize_hessian((corr, sd)), "jax.hessian")
-    except np.linalg.LinAlgError:
-        pass
-    corr, sd = hessian_fd(problem, map_values)
-    return corr, sd, "finite differences of jax.grad (autodiff Hessian not finite)"
+    corr, sd = hessian_pseudo_correlation(problem, map_values)
+    return (*_sanitize_hessian((corr, sd)), "jax.hessian")
 
 
 # ------------------------------------------------------------------------------------------------
