@@ -151,6 +151,39 @@ class PlanInfo(NamedTuple):
     channels_per_bucket: tuple[int, ...]
 
 
+def segment_steps(card: DetectorCard, segments: Segments, step_cm: float = 0.04) -> np.ndarray:
+    """Sub-point step of every segment, cm.
+
+    The step must stay small against the narrowest cloud the segment can produce: near the anode
+    the diffusion widths shrink (sigma_L ~ 0.008 cm at 2.4 cm drift at the lowest D_L), so it is at
+    most ``STEP_PER_SIGMA`` times the smallest width allowed by the prior ranges at the segment's
+    smallest drift distance, at most ``step_cm`` and never below ``MIN_STEP_CM``.
+    """
+    ranges, _, v_max = _param_extremes(card)
+    ends = np.concatenate([segments.start, segments.end])
+    tpc = geo.tpc_of_points(card, ends)
+    d_end = np.where(tpc >= 0, geo.drift_distance(card, np.maximum(tpc, 0), ends), np.inf)
+    d_min = np.maximum(np.minimum(d_end[: segments.n], d_end[segments.n :]), 0.0)
+    d_lo = min(ranges["D_L"][0], ranges["D_T"][0])
+    d_use = np.where(np.isfinite(d_min), d_min, card.geometry.max_drift_cm)
+    sig_min = np.sqrt(2 * d_lo * d_use / v_max)
+    return np.clip(STEP_PER_SIGMA * sig_min, MIN_STEP_CM, step_cm)
+
+
+def chop_segments(segments: Segments, seg_step: np.ndarray):
+    """Sub-points at the centres of ``ceil(dx / step)`` equal pieces of every segment.
+
+    Returns (segment index, position (S, 3) cm, length represented dl (S,) cm).
+    """
+    dx = segments.dx
+    nsub = np.maximum(1, np.ceil(dx / seg_step - 1e-9)).astype(np.int64)
+    seg_of = np.repeat(np.arange(segments.n), nsub)
+    k = np.arange(seg_of.size) - np.repeat(np.cumsum(nsub) - nsub, nsub)
+    frac = (k + 0.5) / nsub[seg_of]
+    pos = segments.start[seg_of] + frac[:, None] * (segments.end - segments.start)[seg_of]
+    return seg_of, pos, dx[seg_of] / nsub[seg_of]
+
+
 def _param_extremes(card: DetectorCard):
     p = {s.name: (s.low, s.high) for s in card.params}
     T = card.physics.temperature_K
@@ -192,25 +225,7 @@ def plan_charge(
     dt_lo = ranges["D_T"][0]
 
     # --- chop segments into sub-points -------------------------------------------------------
-    # the step must stay small against the narrowest cloud the segment can produce: near the
-    # anode the diffusion widths shrink (sigma_L ~ 0.008 cm at 2.4 cm drift at the lowest D_L), so
-    # the step is at most STEP_PER_SIGMA times the smallest allowed width at the segment's
-    # smallest drift distance, and never below MIN_STEP_CM
-    dx = segments.dx
-    seg_tpc = geo.tpc_of_points(card, np.concatenate([segments.start, segments.end]))
-    ends = np.concatenate([segments.start, segments.end])
-    d_end = np.where(seg_tpc >= 0, geo.drift_distance(card, np.maximum(seg_tpc, 0), ends), np.inf)
-    d_min = np.maximum(np.minimum(d_end[: segments.n], d_end[segments.n :]), 0.0)
-    d_lo = min(ranges["D_L"][0], ranges["D_T"][0])
-    sig_min = np.sqrt(2 * d_lo * np.where(np.isfinite(d_min), d_min, g.max_drift_cm) / v_max)
-    seg_step = np.clip(STEP_PER_SIGMA * sig_min, MIN_STEP_CM, step_cm)
-    nsub = np.maximum(1, np.ceil(dx / seg_step - 1e-9)).astype(np.int64)
-    seg_of = np.repeat(np.arange(segments.n), nsub)
-    first = np.repeat(np.cumsum(nsub) - nsub, nsub)
-    k = np.arange(seg_of.size) - first
-    frac = (k + 0.5) / nsub[seg_of]
-    pos = segments.start[seg_of] + frac[:, None] * (segments.end - segments.start)[seg_of]
-    dl = dx[seg_of] / nsub[seg_of]
+    seg_of, pos, dl = chop_segments(segments, segment_steps(card, segments, step_cm))
     tpc = geo.tpc_of_points(card, pos)
     inside = tpc >= 0
     tpc_c = np.where(inside, tpc, 0)

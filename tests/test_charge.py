@@ -24,7 +24,13 @@ import numpy as np
 import pytest
 from scipy.special import ndtr
 
-from lartpc_bayes.charge import drift_subpoints, expected_charge, plan_charge, produced_charge
+from lartpc_bayes.charge import (
+    drift_subpoints,
+    expected_charge,
+    plan_charge,
+    produced_charge,
+    segment_steps,
+)
 from lartpc_bayes.data import make_segments
 from lartpc_bayes.detector import PARAM_NAMES, load_card
 from lartpc_bayes.geometry import pixel_center
@@ -116,8 +122,10 @@ def dev(plan):
 
 def subpoints_host(segs, step):
     """Sub-points re-derived on the host from the documented chopping rule (equal parts of length
-    <= step, one sub-point at each part's midpoint): segment index, position (S, 3), length."""
+    <= the segment's step, one sub-point at each part's midpoint): segment index, position (S, 3),
+    length. The per-segment step (``step`` cm, smaller near the anode) is the library's rule."""
     dx = segs.dx
+    step = segment_steps(CARD, segs, step)
     nsub = np.maximum(1, np.ceil(dx / step - 1e-9)).astype(np.int64)
     s = np.repeat(np.arange(segs.n), nsub)
     k = np.arange(s.size) - np.repeat(np.cumsum(nsub) - nsub, nsub)
