@@ -161,7 +161,9 @@ class MdnModel:
 
     def mixture(self, layers: np.ndarray) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
         """Per-member mixtures ``(M, N, K)`` of ``y = log10 R`` for the events' layers."""
-        feats, _ = make_features(layers)
+        return self._mixture(make_features(layers)[0])
+
+    def _mixture(self, feats: np.ndarray) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
         x = jnp.asarray(self.standardizer(feats))
         out = jax.vmap(mlp_apply, in_axes=(0, None))(self.params, x)
         s = self.standardizer
@@ -186,8 +188,8 @@ class MdnModel:
     def _predict_chunk(
         self, layers: np.ndarray, e_true: np.ndarray | None
     ) -> dict[str, np.ndarray]:
-        log_w, mu, sigma = self.mixture(layers)
-        _, e_em = make_features(layers)
+        feats, e_em = make_features(layers)
+        log_w, mu, sigma = self._mixture(feats)
         out = _predict_jit(log_w, mu, sigma, self.mode_iterations)
         res = {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
         res["e_em"] = e_em
@@ -258,16 +260,20 @@ def _combine(
 def _predict_jit(
     log_w: jnp.ndarray, mu: jnp.ndarray, sigma: jnp.ndarray, iterations: int
 ) -> dict[str, jnp.ndarray]:
-    m = log_w.shape[0]
+    m = log_w.shape[0]  # static: the number of members
     comb = _combine(log_w, mu, sigma, m)
     y_mode = mixture_mode(*comb, iterations=iterations)
-    member_modes = mixture_mode(log_w, mu, sigma, iterations=iterations)  # (M, N)
+    if m > 1:
+        member_modes = mixture_mode(log_w, mu, sigma, iterations=iterations)  # (M, N)
+        sigma_stat = jnp.std(member_modes, axis=0)
+    else:
+        sigma_stat = jnp.zeros_like(y_mode)
     _, var = mixture_moments(log_w, mu, sigma)
     return {
         "y_mode": y_mode,
         "sigma68": mixture_sigma68(*comb),
         "sigma_syst": jnp.mean(jnp.sqrt(var), axis=0),
-        "sigma_stat": jnp.std(member_modes, axis=0),
+        "sigma_stat": sigma_stat,
     }
 
 
