@@ -12,7 +12,6 @@ nbclient = pytest.importorskip("nbclient")
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "calorimeter.ipynb"
 
 
-@pytest.mark.slow
 def test_calorimeter_notebook_executes() -> None:
     nb = nbformat.read(NOTEBOOK, as_version=4)
     client = nbclient.NotebookClient(
