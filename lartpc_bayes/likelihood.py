@@ -3,8 +3,8 @@ r"""Hits -> log-likelihood, and the readout as a NumPyro distribution.
 **Poisson point process with charge marks** (DESIGN.md section 4, source talk 000):
 
 .. math:: \log L = -\sum_c \sum_t \lambda_c(t)
-          + \sum_i \max\big[\log(\lambda_{c_i}(t_i)\, P(\mathrm{ADC}_i \mid c_i, t_i)),\ \log\epsilon\big]
-          + N_\mathrm{outside} \log\epsilon
+          + \sum_i \max\big[\log(\lambda_{c_i}(t_i)\, P(\mathrm{ADC}_i \mid c_i, t_i)),
+          \ \log\epsilon\big] + N_\mathrm{outside} \log\epsilon
 
 with lambda the hit intensity of :mod:`lartpc_bayes.readout_prob` and P the exact ADC-bin
 probability of the held charge, mixed over the reset noise and the reset time. The floor keeps hits
@@ -12,8 +12,8 @@ the model cannot explain (noise, hits on pixels or ticks outside the simulated c
 counted at the floor, never dropped) from dominating. ``floor="smooth"`` replaces the max by
 ``logaddexp``, i.e. an explicit noise intensity epsilon per hit.
 
-**Exact sequential likelihood** (``kind="sequential"``): per channel, each observed hit conditioned on
-the reset fixed by the previous observed hit, then the probability of no further hit.
+**Exact sequential likelihood** (``kind="sequential"``): per channel, each observed hit conditioned
+on the reset fixed by the previous observed hit, then the probability of no further hit.
 
 Observed hits are arranged as a static **hit table** of shape (channels, M, 2): for every channel of
 the plan (buckets concatenated, padding included) up to M = max hits per pixel slots of
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -128,7 +129,7 @@ def hit_list_sizes(plan: ChargePlan, table: np.ndarray, margin: float = 2.0) -> 
     from .charge import padded_size
 
     out = []
-    for b, tb in zip(plan.buckets, _split(np.asarray(table), plan.buckets), strict=True):
+    for tb in _split(np.asarray(table), plan.buckets):
         n = int(np.sum(tb[..., 0] >= 0))
         out.append(min(padded_size(max(int(margin * n), 16)), tb.shape[0] * tb.shape[1]))
     return tuple(out)
@@ -194,7 +195,7 @@ class LArPixReadout(Distribution):
     checks need no extra plumbing. The event shape is (channels, M, 2) int32.
     """
 
-    arg_constraints = {}
+    arg_constraints: ClassVar[dict] = {}
     support = constraints.real_vector  # integer table; values are not validated
     pytree_data_fields = ("charges", "buckets", "n_outside")
     pytree_aux_fields = ("el", "config")

@@ -17,9 +17,9 @@ to a Gauss-Hermite quadrature over the reset noise. For one channel with cumulat
   with probability ``g(t | rho) = prod_{arm <= u < t} (1 - h_u) h_t``, accumulated in log space with
   ``log_ndtr``; rho is integrated with K Gauss-Hermite nodes (``log w_k`` is folded into every
   ``log_g``). The survival to the window end ``S = prod_u (1 - h_u)`` gives "no further hit".
-* **Slot recursion.** ``f_0(t) = g_0(t)``, ``f_{j+1}(t) = sum_s f_j(s) g_s(t)``; the hit intensity is
-  ``lambda(t) = sum_{j<M} f_j(t)`` (M = max hits per pixel), the expected number of hits
-  ``sum_t lambda(t)``, and ``A(s) = sum_{j<M-1} f_j(s)`` the intensity of later row s.
+* **Slot recursion.** ``f_0(t) = g_0(t)``, ``f_{j+1}(t) = sum_s f_j(s) g_s(t)``; the hit
+  intensity is ``lambda(t) = sum_{j<M} f_j(t)`` (M = max hits per pixel), the expected number of
+  hits ``sum_t lambda(t)``, and ``A(s) = sum_{j<M-1} f_j(s)`` the intensity of later row s.
 * **Charge mark.** The held sample after a trigger at t from a row that reset at r is
   ``rho + Q[t + H] - Q[r] + N(0, sigma_uncorr)``; the probability of its ADC code is the exact bin
   probability ``Phi((q_hi - mu)/sigma_u) - Phi((q_lo - mu)/sigma_u)`` (quantisation exact; the
@@ -105,7 +105,7 @@ def readout_tensors(Q: jax.Array, el: Electronics, n_nodes: int = N_NODES, max_l
     modelled (its probability is reported by ``ReadoutTensors.log_Sl``, the survival through the
     band). ``max_lag = 0`` keeps the exact grid.
     """
-    C, W = Q.shape
+    W = Q.shape[1]
     D1, L = lag_geometry(W, el)
     LB = min(L, max_lag) if max_lag > 0 else L
     x, logw = hermite_nodes(n_nodes)
@@ -200,7 +200,7 @@ def hit_log_intensity(
     chan, t, adc : (N,) channel index in the bucket, tick index in its window, ADC code.
     Ticks outside [0, W) give LOG_ZERO.
     """
-    C, W = Q.shape
+    W = Q.shape[1]
     D1, L = lag_geometry(W, el)
     LB = rt.log_gl.shape[-1]
     HR = el.hold_ticks + el.reset_cycles
