@@ -262,7 +262,7 @@ def run_demo(
         progress=progress,
     )
     return (
-        f"{head}\n{report}\nwritten: {hits_path}, {out / 'posterior.nc'}, plots in {out}\n"
+        f"{report}\nwritten: {hits_path}, {out / 'posterior.nc'}, plots in {out}\n"
         f"wall time {time.perf_counter() - t0:.0f} s"
     )
 

@@ -400,7 +400,7 @@ def hessian_pseudo_correlation(
         return -ld
 
     x0 = jnp.asarray([float(base[p]) / nom[p] for p in free])
-    H = np.asarray(jax.hessian(nlp)(x0), np.float64)
+    H = np.asarray(jax.jit(jax.hessian(nlp))(x0), np.float64)
     if not np.all(np.isfinite(H)):
         raise FloatingPointError("the Hessian of the negative log posterior is not finite")
     corr, sd_norm = cov_to_corr(np.linalg.pinv(0.5 * (H + H.T)))
