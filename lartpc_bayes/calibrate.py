@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .data import Segments
 from .detector import PARAM_NAMES, DetectorCard
 from .inference import (
     FitResult,
@@ -48,14 +47,6 @@ def _parse_fix(
         else:
             out[name] = card.param(name).nominal
     return out
-
-
-def true_latent_dEdx(segments: Segments, seg_to_latent: np.ndarray, n_latent: int) -> np.ndarray:
-    """Length-weighted mean true dE/dx of each latent segment, MeV/cm."""
-    dx = segments.dx
-    e = np.bincount(seg_to_latent, weights=segments.dE, minlength=n_latent)
-    length = np.bincount(seg_to_latent, weights=dx, minlength=n_latent)
-    return np.where(length > 0, e / np.where(length > 0, length, 1.0), np.nan)
 
 
 def calibrate(
@@ -166,7 +157,7 @@ def calibrate_file(
 ) -> str:
     """``lartpc-bayes fit``: calibrate a hit file (with its segments) and write the netCDF."""
     from .io import read_hits
-    from .results import format_report, make_plots, save_datatree
+    from .results import format_report, latent_truth, make_plots, save_datatree
 
     hf = read_hits(hits_path)
     if hf.segments is None:
@@ -185,8 +176,8 @@ def calibrate_file(
         fixed=fixed,
     )
     truth_dEdx = (
-        true_latent_dEdx(hf.segments, problem.seg_to_latent, problem.n_latent)
-        if hf.true_params
+        latent_truth(problem, hf.true_dEdx, hf.segments.dx)
+        if hf.true_params and hf.true_dEdx is not None
         else None
     )
     dt = calibrate(
@@ -273,5 +264,4 @@ __all__ = [
     "calibrate",
     "calibrate_file",
     "run_demo",
-    "true_latent_dEdx",
 ]
