@@ -67,3 +67,41 @@ def test_bad_arguments_give_clear_errors(tmp_path, capsys):
     assert rc == 2
     assert str(missing) in capsys.readouterr().err
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_fit_and_check_smoke(tmp_path, capsys):
+    """``fit`` (MAP + Laplace, the fastest method) and ``check`` on a 5 cm muon piece: the netCDF
+    loads, holds the groups the issue asks for, and the report names every free parameter."""
+    import jax
+
+    from lartpc_bayes.physics import nominal_params
+    from lartpc_bayes.results import load_datatree
+    from lartpc_bayes.simulate import simulate_hits
+
+    card = load_card("module0")
+    seg = generate(card, "muons", 1, 101)
+    seg = seg.select(np.cumsum(seg.dx) <= 5.0)
+    truth = nominal_params(card, tau=1500.0)
+    hits, _ = simulate_hits(jax.random.key(0), card, seg, truth)
+    from lartpc_bayes.io import write_hits
+
+    hits_path = tmp_path / "hits.h5"
+    write_hits(hits_path, hits, card=card, segments=seg, true_dEdx=seg.dEdx,
+               true_params=truth.to_dict(), seed=0)
+    out = tmp_path / "fit.nc"
+    rc = main(["fit", str(hits_path), "--method", "laplace", "--fix", "tau", "--ppc-draws", "5",
+               "-q", "-o", str(out)])
+    assert rc == 0
+    report = capsys.readouterr().out
+    for p in ("A_B", "k_B", "E", "D_L", "D_T"):
+        assert p in report
+    dt = load_datatree(out)
+    for group in ("posterior", "observed_data", "posterior_predictive", "prior", "truth",
+                  "hessian"):
+        assert group in dt.children, group
+    assert "tau" not in dt["posterior"].data_vars  # fixed at the truth
+    rc = main(["check", str(out), "--plots", str(tmp_path / "plots")])
+    assert rc == 0
+    assert "Posterior correlation" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "plots").glob("*.png")) == [
+        "fit_corr.png", "fit_pair.png", "fit_ppc.png", "fit_trace.png"]
