@@ -25,7 +25,7 @@ from numpyro.infer import MCMC, NUTS, SVI, Predictive, Trace_ELBO, autoguide, in
 from numpyro.infer.util import initialize_model
 
 from .detector import PARAM_NAMES
-from .model import CalibrationProblem, calibration_model
+from .model import CalibrationProblem, calibration_model, dEdx_from_z
 
 GUIDES = ("normal", "lowrank", "laplace", "map")
 
@@ -126,7 +126,7 @@ def run_svi(
     samples = {k: np.asarray(v)[None] for k, v in post.items() if k != "hits"}
     if "dEdx" not in samples:
         z = samples["z_dEdx"]
-        samples["dEdx"] = _dEdx_from_z(problem, z)
+        samples["dEdx"] = np.asarray(dEdx_from_z(problem.prior, np.asarray(z)))
     map_values = None
     if guide in ("map", "laplace"):
         med = g.median(res.params)
@@ -144,12 +144,6 @@ def run_svi(
             "params": res.params,
         },
     )
-
-
-def _dEdx_from_z(problem: CalibrationProblem, z):
-    pr = problem.prior
-    s = 0.5 * (pr["s_left"] + pr["s_right"])
-    return pr["loc"] + s * np.asarray(z)
 
 
 def run_nuts(
@@ -226,15 +220,8 @@ def run_blackjax(
     import blackjax
     from tqdm.auto import tqdm
 
-    kw = _model_kwargs(problem)
     key = jax.random.key(seed)
-    init_info, potential_fn, postprocess_fn, _ = initialize_model(
-        key,
-        calibration_model,
-        model_args=(problem,),
-        model_kwargs=kw,
-        init_strategy=init_to_value(values=init or nominal_init(problem)),
-    )
+    potential_fn, postprocess_fn, z0 = potential_and_transforms(problem, seed, init)
 
     def logdensity(pos):
         return -potential_fn(pos)
@@ -264,7 +251,7 @@ def run_blackjax(
     t0 = time.perf_counter()
     outs = []
     for c in tqdm(range(num_chains), desc="blackjax", disable=not progress):
-        outs.append(one_chain(jax.random.fold_in(key, c + 1), init_info.z))
+        outs.append(one_chain(jax.random.fold_in(key, c + 1), z0))
     t_fit = time.perf_counter() - t0
     samples: dict[str, list] = {}
     stats: dict[str, list] = {"diverging": [], "n_steps": [], "energy": [], "acceptance_rate": []}

@@ -170,6 +170,16 @@ def build_problem(
     return CalibrationProblem(card, plan, s2l, n_lat, likelihood, fixed, table, n_out)
 
 
+def latent_scale(prior: dict[str, float]) -> float:
+    """Scale s of the non-centred latent: the mean of the two split-t widths, MeV/cm."""
+    return 0.5 * (prior["s_left"] + prior["s_right"])
+
+
+def dEdx_from_z(prior: dict[str, float], z):
+    """dE/dx (MeV/cm) of the non-centred latent z: ``loc + s z``."""
+    return prior["loc"] + latent_scale(prior) * z
+
+
 #: jitted forward model (inlined when traced inside a larger jit; compiled once for NumPyro's eager
 #: initialisation runs)
 _expected_charge = jax.jit(expected_charge, static_argnames=("card", "n_sigma"))
@@ -185,13 +195,13 @@ def calibration_model(problem: CalibrationProblem, hits=None):
         else:
             theta[spec.name] = numpyro.sample(spec.name, dist.Uniform(spec.low, spec.high))
     pr = problem.prior
-    s = 0.5 * (pr["s_left"] + pr["s_right"])
+    s = latent_scale(pr)
     with numpyro.plate("latent", problem.n_latent):
         z = numpyro.sample(
             "z_dEdx",
             SplitStudentT(0.0, pr["s_left"] / s, pr["s_right"] / s, pr["nu_left"], pr["nu_right"]),
         )
-    dEdx = numpyro.deterministic("dEdx", pr["loc"] + s * z)
+    dEdx = numpyro.deterministic("dEdx", dEdx_from_z(pr, z))
     dEdx_seg = jnp.maximum(dEdx[jnp.asarray(problem.seg_to_latent)], 1e-3)
     params = DetectorParams(*(theta[p] for p in PARAM_NAMES))
     charges = _expected_charge(problem.plan.device, dEdx_seg, params, card)
