@@ -21,101 +21,29 @@ import datetime as dt
 import json
 import math
 import os
-import platform
 import resource
-import statistics
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (
+    DEDX,
+    DIRECTION,
+    REPO,
+    SEGMENT_CM,
+    START,
+    git_commit,
+    machine_info,
+    muon_segments,
+    timed_runs,
+    versions,
+)
+
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "charge_cpu.json"
-
-# Track geometry (Module 0, TPC 0: anode z = -30.431 cm, cathode z = -0.159 cm, x in +-31.038 cm,
-# y in [-83.9, 40.252] cm).
-START = np.array([-17.0, -60.0, -27.0])
-DIRECTION = np.array([0.33, 0.90, 0.25])
-SEGMENT_CM = 0.4
-DEDX = 2.1  # MeV/cm, a MIP
-
-
-def muon_segments(length_cm: float):
-    from lartpc_bayes.data import make_segments
-
-    u = DIRECTION / np.linalg.norm(DIRECTION)
-    n = math.ceil(length_cm / SEGMENT_CM - 1e-9)
-    f = np.linspace(0.0, 1.0, n + 1)[:, None]
-    pts = START + f * (length_cm * u)
-    dx = np.linalg.norm(pts[1:] - pts[:-1], axis=1)
-    return make_segments(pts[:-1], pts[1:], DEDX * dx, t0=0.0)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def git_commit() -> dict:
-    """Commit of the working tree read from .git (no git process is started)."""
-    g = REPO / ".git"
-    try:
-        if g.is_file():  # worktree: "gitdir: <path>"
-            g = Path(g.read_text().split(":", 1)[1].strip())
-        head = (g / "HEAD").read_text().strip()
-        if not head.startswith("ref:"):
-            return {"commit": head, "ref": None}
-        ref = head.split(":", 1)[1].strip()
-        f = g / ref
-        if f.exists():
-            return {"commit": f.read_text().strip(), "ref": ref}
-        packed = g / "packed-refs"
-        if packed.exists():
-            for line in packed.read_text().splitlines():
-                if line.endswith(" " + ref):
-                    return {"commit": line.split()[0], "ref": ref}
-        return {"commit": None, "ref": ref}
-    except (OSError, IndexError):
-        return {"commit": None, "ref": None}
-
-
-def version(pkg: str) -> str | None:
-    try:
-        return metadata.version(pkg)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def timed_runs(fn, n: int, warmup: int = 2) -> dict:
-    import jax
-
-    for _ in range(warmup):
-        jax.block_until_ready(fn())
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter()
-        jax.block_until_ready(fn())
-        ts.append(time.perf_counter() - t)
-    q = statistics.quantiles(ts, n=4) if n >= 2 else [ts[0]] * 3
-    return {
-        "n_runs": n,
-        "median_s": statistics.median(ts),
-        "iqr_s": q[2] - q[0],
-        "q1_s": q[0],
-        "q3_s": q[2],
-        "min_s": min(ts),
-        "max_s": max(ts),
-        "mean_s": statistics.fmean(ts),
-        "std_s": statistics.stdev(ts) if n >= 2 else 0.0,
-        "runs_s": ts,
-    }
+__all__ = ["muon_segments", "timed_runs"]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -191,7 +119,6 @@ def main(argv: list[str] | None = None) -> dict:
     finite = bool(all(np.isfinite(float(x)) for x in g_p) and np.all(np.isfinite(np.asarray(g_d))))
 
     u = DIRECTION / np.linalg.norm(DIRECTION)
-    devices = jax.devices()
     result = {
         "benchmark": "charge",
         "description": "expected cumulative charge on all pixels (collection model) for a straight "
@@ -222,24 +149,9 @@ def main(argv: list[str] | None = None) -> dict:
             "gradients_finite": finite,
         },
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-        "machine": {
-            "cpu_model": cpu_model(),
-            "cpu_count": os.cpu_count(),
-            "cpu_affinity": (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                             else None),
-            "load_average_start": load_start,
-            "load_average_end": os.getloadavg(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "jax": version("jax"),
-            "jaxlib": version("jaxlib"),
-            "numpyro": version("numpyro"),
-            "numpy": version("numpy"),
-            "jax_backend": jax.default_backend(),
-            "devices": [str(d) for d in devices],
-            "device_kind": devices[0].device_kind,
-            "xla_flags": os.environ.get("XLA_FLAGS"),
-        },
+        "machine": {**machine_info(), "load_average_start": load_start,
+                    "load_average_end": list(os.getloadavg())},
+        "versions": versions(),
         "git": git_commit(),
     }
     text = json.dumps(result, indent=2)

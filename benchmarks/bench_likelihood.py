@@ -17,14 +17,13 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import resource
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_charge import REPO, cpu_model, git_commit, muon_segments, timed_runs, version
+from _common import REPO, git_commit, machine_info, muon_segments, timed_runs, versions
 
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "likelihood_cpu.json"
 
@@ -73,7 +72,6 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", type=Path, default=None, help=f"JSON output (default {DEFAULT_OUT})")
     ap.add_argument("--repeats", type=int, default=None)
     args = ap.parse_args(argv)
-    import jax
 
     lengths = [10.0] if args.quick else [10.0, 30.0, 100.0]
     repeats = args.repeats or (3 if args.quick else 10)
@@ -87,17 +85,14 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{1e3 * c['iqr_s']:.1f}), {c['channels']} channels, windows {c['windows']}",
                   file=sys.stderr)
             cases.append(c)
-    devices = jax.devices()
     result = {
         "benchmark": "likelihood",
         "description": "value_and_grad of the NumPyro potential (PPP or sequential likelihood, "
         "six parameters + dE/dx latents) for a straight Module-0 muon",
         "timestamp_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "quick": bool(args.quick),
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
-                    "load_average": os.getloadavg(), "device": str(devices[0]),
-                    "backend": jax.default_backend()},
-        "versions": {p: version(p) for p in ("lartpc_bayes", "jax", "jaxlib", "numpyro")},
+        "machine": machine_info(),
+        "versions": versions(),
         "git": git_commit(),
         "cases": cases,
     }
