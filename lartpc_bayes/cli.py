@@ -224,6 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-q", "--quiet", action="store_true")
     d.set_defaults(func=_cmd_demo)
 
+    from .validate import add_arguments as validate_arguments
+    from .validate import run_cli as validate_run
+
+    v = sub.add_parser("validate", help="validation campaigns (SBC, closure) and their report")
+    validate_arguments(v)
+    v.set_defaults(func=validate_run)
+
     try:
         from .calo.cli import register as register_calo
     except ImportError:  # pragma: no cover - the calorimeter extension is part of the package
