@@ -120,6 +120,33 @@ def git_commit() -> dict:
         return {"commit": None, "ref": None}
 
 
+def package_sources_sha1() -> str:
+    """SHA-1 over the package's Python sources as they are on disk now (names and contents)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for f in sorted((REPO / "lartpc_bayes").rglob("*.py")):
+        h.update(str(f.relative_to(REPO)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def git_state() -> dict:
+    """Commit, plus the package files that differ from it (the numbers belong to the working
+    tree: a non-empty ``package_modified`` means uncommitted changes were measured)."""
+    import subprocess
+
+    state = git_commit()
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--", "lartpc_bayes", "models"],
+                             cwd=REPO, capture_output=True, text=True, timeout=30, check=True)
+        state["package_modified"] = sorted(line[3:] for line in out.stdout.splitlines())
+    except (OSError, subprocess.SubprocessError):
+        state["package_modified"] = None
+    state["package_sources_sha1"] = package_sources_sha1()
+    return state
+
+
 def version(pkg: str) -> str | None:
     try:
         return metadata.version(pkg)

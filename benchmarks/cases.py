@@ -303,6 +303,7 @@ def run_case(case: dict) -> dict:
     from lartpc_bayes.detector import load_card
 
     rss_import = C.current_rss_mb()
+    sources = C.package_sources_sha1()  # the code this process imported (just now)
     card = load_card(case.get("card", "module0"))
     segs = _segments(card, case)
     length = float(segs.dx.sum())
@@ -319,5 +320,6 @@ def run_case(case: dict) -> dict:
     res["load_average_start"] = load_start
     res["load_average_end"] = list(os.getloadavg())
     res["case_wall_s"] = time.perf_counter() - t_start
+    res["package_sources_sha1"] = sources
     res["machine"] = C.machine_info()
     return {**case, "status": "ok", **res}

@@ -272,6 +272,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         cases = [c for c in cases if c["track"] == args.track]
     t0 = time.perf_counter()
     load_start = list(os.getloadavg())
+    git_start = C.git_state()
     # the full set runs every case in its own process (per-case peak memory); --quick runs its
     # small cases in one process (one interpreter start and shared compilations: < 2 min)
     groups = [cases] if args.quick else [[c] for c in cases]
@@ -300,7 +301,9 @@ def main(argv: list[str] | None = None) -> dict | None:
         "command": " ".join([Path(sys.executable).name, "benchmarks/run.py",
                              *(argv if argv is not None else sys.argv[1:])]),
         "total_wall_s": time.perf_counter() - t0,
-        "git": C.git_commit(),
+        "git": {**git_start, "package_sources_sha1_end": C.package_sources_sha1(),
+                "cases_share_sources": len({c.get("package_sources_sha1") for c in results
+                                            if c.get("status") == "ok"}) <= 1},
         "versions": C.versions(),
         "machine": machine,
         "limits": {"timeout_s": args.timeout, "max_rss_gb": args.max_rss_gb,
