@@ -191,6 +191,32 @@ def _param_extremes(card: DetectorCard):
     return p, float(v.min()), float(v.max())
 
 
+#: dE/dx (in units of the segment's own) up to which :func:`plan_charge`'s charge pruning holds
+DEDX_MARGIN = 3.0
+
+
+def max_subpoint_charge(
+    card: DetectorCard, segments: Segments, seg_of: np.ndarray, dl_cm: np.ndarray,
+    dEdx_margin: float = DEDX_MARGIN,
+) -> np.ndarray:
+    """Upper bound on the electrons of each sub-point reaching the anode, over the card's prior.
+
+    ``n_e <= R_max(dEdx_cap) dEdx_cap dl / W_ion`` with ``dEdx_cap = dEdx_margin * dEdx`` of the
+    segment (the charge grows with dE/dx although R falls), R at the largest A_B and E and the
+    smallest k_B in the prior ranges, and no lifetime loss.
+    """
+    from .physics import DetectorParams, recombination
+
+    ranges = {s.name: (s.low, s.high) for s in card.params}
+    corner = DetectorParams(
+        A_B=ranges["A_B"][1], k_B=ranges["k_B"][0], E=ranges["E"][1], tau=ranges["tau"][1],
+        D_L=ranges["D_L"][0], D_T=ranges["D_T"][0],
+    )
+    dEdx_cap = dEdx_margin * np.maximum(np.asarray(segments.dEdx, np.float64)[seg_of], 0.0)
+    r = np.asarray(recombination(dEdx_cap, corner, card.physics), np.float64)
+    return r * dEdx_cap * dl_cm / card.physics.w_ion_MeV
+
+
 def plan_charge(
     card: DetectorCard,
     segments: Segments,
@@ -201,6 +227,8 @@ def plan_charge(
     window_classes: tuple[int, ...] = WINDOW_CLASSES,
     dtype=jnp.float32,
     pad: bool = False,
+    min_charge_e: float = 0.0,
+    dEdx_margin: float = DEDX_MARGIN,
 ) -> ChargePlan:
     """Chop segments, choose pixel channels and window lengths on the host (static shapes).
 
@@ -215,6 +243,13 @@ def plan_charge(
     window_classes : allowed window lengths (ticks); each channel gets the smallest that fits.
     pad : round segment, sub-point, pair and channel counts up with :func:`padded_size` (padding
         carries zero charge and masked channels) so that many batches reuse one compilation.
+    min_charge_e : drop channels whose largest possible collected charge (electrons) is below
+        this: the bound of :func:`max_channel_charge` (every sub-point at ``dEdx_margin`` times
+        its segment's dE/dx, the least recombination and no attenuation allowed by the card, each
+        pad fraction at its largest over the D_T and E ranges). Such a pixel can only fire on
+        noise, so its hits carry no information on the parameters; the likelihood counts hits on
+        it at the floor (:func:`lartpc_bayes.likelihood.hits_to_table`). 0 keeps every channel
+        (the simulator's choice, so fake data keep their noise hits on those pixels).
     """
     segments.validate()
     g = card.geometry
@@ -271,6 +306,18 @@ def plan_charge(
     key = np.stack([ev, pix], axis=1)
     chan_keys, pair_chan_all = np.unique(key, axis=0, return_inverse=True)
     pair_chan_all = pair_chan_all.ravel()
+    if min_charge_e > 0 and ps.size:
+        # largest possible charge of every pair, summed per channel (an upper bound)
+        n_max = max_subpoint_charge(card, segments, seg_of, dl, dEdx_margin)[ps]
+        frac = (max_frac(ulo, sig_t_min, sig_t_max) * max_frac(vlo, sig_t_min, sig_t_max))[ps, pk]
+        q_max = np.zeros(chan_keys.shape[0])
+        np.add.at(q_max, pair_chan_all, n_max * frac)
+        live = q_max >= min_charge_e
+        new_index = np.cumsum(live) - 1
+        pair_live = live[pair_chan_all]
+        ps, pk = ps[pair_live], pk[pair_live]
+        pair_chan_all = new_index[pair_chan_all[pair_live]]
+        chan_keys = chan_keys[live]
 
     # --- window length per channel at the extreme parameters ---------------------------------
     sig_time = np.sqrt(2 * dl_hi * drift[ps] / v_min) / v_min + SIGMA_TIME_FLOOR_US

@@ -167,9 +167,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             outdir=args.outdir,
             n_tracks=args.n_tracks,
             seed=args.seed,
+            method=args.method,
             draws=args.draws,
             warmup=args.warmup,
             chains=args.chains,
+            ppc_draws=args.ppc_draws,
             progress=not args.quiet,
             detector=args.detector,
         )
@@ -217,7 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--outdir", default="out/demo")
     d.add_argument("--detector", default="module0")
     d.add_argument("--n-tracks", type=int, default=2)
-    d.add_argument("--seed", type=int, default=1)
+    d.add_argument("--seed", type=int, default=3)
+    d.add_argument(
+        "--method",
+        default="laplace",
+        choices=["laplace", "nuts", "blackjax", "svi", "lowrank"],
+        help="laplace (default; its sd agrees with NUTS on this problem, docs/inference.md)",
+    )
+    d.add_argument("--ppc-draws", type=int, default=100)
     d.add_argument("--draws", type=int, default=300)
     d.add_argument("--warmup", type=int, default=300)
     d.add_argument("--chains", type=int, default=2)

@@ -55,7 +55,7 @@ class LikelihoodConfig:
     n_nodes: int = N_NODES
     mark: str = "gaussian"
     max_hits: tuple[int, ...] = ()
-    max_lag: int = 0
+    max_lag: int = 32
 
     def __post_init__(self):
         if self.kind not in ("ppp", "sequential"):

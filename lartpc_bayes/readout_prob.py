@@ -47,6 +47,8 @@ _SQRT_HALF = 0.7071067811865476
 #: log of an impossible event: finite, so that logsumexp over impossible entries and its first and
 #: second derivatives stay finite (exp(LOG_ZERO) underflows to exactly 0 in float32 and float64)
 LOG_ZERO = -1e6
+#: ticks beyond each window edge over which a hit's intensity is continued (hit_log_intensity)
+EDGE_TICKS = 8
 #: intensities below this are taken as this before their log: 1/x^2 (second derivatives) stays
 #: inside float32, and a reset row this unlikely cannot matter
 TINY = 1e-15
@@ -70,6 +72,17 @@ def log_diff_ndtr(a, b):
     lhi = log_ndtr(hi)
     d = jnp.minimum(log_ndtr(lo) - lhi, -1e-30)
     return jnp.where(tail, log_ndtr(-a), lhi + jnp.log(-jnp.expm1(d)))
+
+
+def log_stay_fire(z):
+    """``(log Phi(-z), log Phi(z))`` from one erfc: the smaller tail ``p = Phi(-|z|)`` and
+    ``log1p(-p)`` for the other; z is clipped to [-Z_CLIP, Z_CLIP], so both logs are finite."""
+    zc = jnp.clip(z, -Z_CLIP, Z_CLIP)
+    p = 0.5 * erfc(jnp.abs(zc) * _SQRT_HALF)
+    log_p = jnp.log(p)
+    log_q = jnp.log1p(-p)
+    up = zc > 0
+    return jnp.where(up, log_p, log_q), jnp.where(up, log_q, log_p)
 
 
 def safe_log(x):
@@ -125,12 +138,9 @@ def readout_tensors(Q: jax.Array, el: Electronics, n_nodes: int = N_NODES, max_l
     dense_ok = (delta_of >= 0) & (delta_of < LB)
 
     def first_trigger(z, mask):
-        # Phi(-z) and Phi(z) from one erfc each; z is clipped to [-Z_CLIP, Z_CLIP] (a trigger
-        # probability within 1e-19 of 0 or 1 is exact to float32), so every log below is finite
-        zc = jnp.clip(z, -Z_CLIP, Z_CLIP)
-        stay = 0.5 * erfc(zc * _SQRT_HALF)
-        log_stay = jnp.where(mask, jnp.log(stay), 0.0)
-        log_fire = jnp.log(0.5 * erfc(-zc * _SQRT_HALF))
+        # a trigger probability within Phi(-Z_CLIP) = 1e-19 of 0 or 1 is exact to float32
+        log_stay, log_fire = log_stay_fire(z)
+        log_stay = jnp.where(mask, log_stay, 0.0)
         n = z.shape[-1]
         # inclusive cumulative sum as a triangular matmul: 4x faster than cumsum on XLA:CPU
         cum = log_stay @ jnp.triu(jnp.ones((n, n), z.dtype))
@@ -198,7 +208,13 @@ def hit_log_intensity(
     """PPP log intensity of hits: ``log(lambda(t) P(code | t))``, mixed over rows and rho.
 
     chan, t, adc : (N,) channel index in the bucket, tick index in its window, ADC code.
-    Ticks outside [0, W) give LOG_ZERO.
+
+    **Window edges.** The window origin moves in whole ticks with the parameters, so a hit near
+    an edge can leave the window when a parameter changes. Within ``EDGE_TICKS`` of the edges the
+    intensity is continued instead of dropped: after the end (where the charge has all arrived
+    and stays at ``Q[W-1]``) from each row's survival to the end times ``(1 - h)^(t - W) h`` with
+    h the trigger probability on the plateau; before the start (no charge yet) as at tick 0.
+    Farther out: LOG_ZERO (the floor).
     """
     W = Q.shape[1]
     D1, L = lag_geometry(W, el)
@@ -207,23 +223,44 @@ def hit_log_intensity(
     rho = _rho(el, n_nodes, Q.dtype)
     s_idx = jnp.arange(L)
 
+    sig_e = max(float(np.hypot(el.uncorrelated_noise_e, el.discriminator_noise_e)), 1.0)
+    thr = el.threshold_e
+
+    def after_end(c, n_after, a):
+        # continuation past the window end, where the charge is constant (Q[W-1]): from every
+        # reset row still armed at the end (survival S), n_after more quiet ticks and a trigger
+        Qc = Q[c]
+        q_end = Qc[W - 1]
+        ls0, lf0 = log_stay_fire((rho + q_end - thr) / sig_e)
+        out = logsumexp(rt.log_S0[c] + n_after * ls0 + lf0 + log_adc_prob(a, rho + q_end, el, mark))
+        if L > 0:
+            q_left = q_end - Qc[s_idx + HR][None, :]  # (1, L) charge since the reset of row s
+            ls, lf = log_stay_fire((rho[:, None] + q_left - thr) / sig_e)
+            terms = (rt.log_Sl[c] + rt.log_A[c][None, :] + n_after * ls + lf
+                     + log_adc_prob(a, rho[:, None] + q_left, el, mark))
+            out = jnp.logaddexp(out, logsumexp(terms))
+        return out
+
     def one(c, tt, a):
-        inside = (tt >= 0) & (tt < W)
-        tc = jnp.clip(tt, 0, W - 1)
+        inside = (tt >= -EDGE_TICKS) & (tt < W)
+        tc = jnp.clip(tt, 0, W - 1)  # before the start: as at tick 0 (the charge is 0 there)
         Qc = Q[c]
         q_held = Qc[jnp.minimum(tc + el.hold_ticks, W - 1)]
         term0 = rt.log_g0[c, :, tc] + log_adc_prob(a, rho + q_held, el, mark)  # (K,)
         out = logsumexp(term0)
         if L > 0:
             delta = tc - s_idx - D1
-            ok = (delta >= 0) & (delta < L - s_idx) & (delta < LB)
+            ok = (delta >= 0) & (delta < L - s_idx) & (delta < LB) & (tt >= 0)
             dc = jnp.clip(delta, 0, LB - 1)
             lg = rt.log_gl[c][:, s_idx, dc]  # (K, L)
             mu = rho[:, None] + q_held - Qc[s_idx + HR][None, :]
             terms = lg + log_adc_prob(a, mu, el, mark) + rt.log_A[c][None, :]
             terms = jnp.where(ok[None, :], terms, LOG_ZERO)
             out = jnp.logaddexp(out, logsumexp(terms))
-        return jnp.where(inside, out, LOG_ZERO)
+        n_after = jnp.clip(tt - W, 0, EDGE_TICKS)
+        past = (tt >= W) & (tt < W + EDGE_TICKS)
+        out = jnp.where(past, after_end(c, n_after, a), out)
+        return jnp.where(inside | past, out, LOG_ZERO)
 
     return jax.vmap(one)(chan, t, adc)
 

@@ -84,12 +84,18 @@ class CampaignConfig:
     maxiter: int = 400
     gtol: float = 1e-3
     hit_margin: float = 2.0
+    method: str = "laplace"
+    nuts_warmup: int = 300
+    nuts_draws: int = 1000
+    nuts_thin: int = 10
 
     def __post_init__(self):
         if self.kind not in ("sbc", "closure"):
             raise ValueError(f"campaign kind must be 'sbc' or 'closure', got {self.kind!r}")
         if self.likelihood not in ("ppp", "sequential"):
             raise ValueError(f"likelihood must be 'ppp' or 'sequential', got {self.likelihood!r}")
+        if self.method not in ("laplace", "nuts"):
+            raise ValueError(f"method must be 'laplace' or 'nuts', got {self.method!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict (tuples as lists)."""
@@ -126,6 +132,9 @@ PRESETS: dict[str, CampaignConfig] = {
     "closure": CampaignConfig(
         "closure", "closure", "ppp", n_replicas=30, seed=21, n_tracks=2, track_seed=3
     ),
+    # the SBC problem with NUTS instead of Laplace (the check of the approximation)
+    "sbc-ppp-nuts": CampaignConfig("sbc-ppp-nuts", "sbc", "ppp", _SBC3, n_replicas=100, seed=11,
+                                   method="nuts"),
     # CI subset (tests/test_validate.py): a tiny SBC
     "ci-sbc": CampaignConfig(
         "ci-sbc", "sbc", "ppp", ("k_B", "D_L"), n_replicas=4, seed=5, maxiter=200, num_draws=199
@@ -227,8 +236,10 @@ class LaplaceFitter:
             x, _, value, gnorm, it = jax.lax.while_loop(cond, step, init)
             return x, value, gnorm, it
 
+        self._U = U
         self._minimise = minimise
         self._hessian = jax.jit(jax.hessian(U))
+        self._nuts = None
         self._value_and_grad = jax.jit(jax.value_and_grad(U))
 
     def to_physical(self, xs: np.ndarray) -> dict[str, np.ndarray]:
@@ -241,6 +252,54 @@ class LaplaceFitter:
         out = {p: np.asarray(b(jnp.asarray(xs[:, i], jnp.float32)), np.float64)
                for i, (p, b) in enumerate(zip(self.free, self._bij, strict=True))}
         out["dEdx"] = np.asarray(dEdx_from_z(self.problem.prior, xs[:, len(self.free):]))
+        return out
+
+    def fit_nuts(self, table: np.ndarray, *, seed: int = 0, num_warmup: int = 300,
+                 num_draws: int = 1000, thin: int = 10) -> dict[str, Any]:
+        """BlackJAX NUTS (one chain, Stan window adaptation with a dense mass matrix) started at
+        the MAP, compiled once per fitter; the draws are thinned by ``thin`` (independent draws
+        for the ranks). Returns the Laplace fit's dict with the NUTS draws in ``draws``."""
+        import blackjax
+        import jax
+        import jax.numpy as jnp
+
+        lap = self.fit(table, seed=seed, num_draws=10)
+        if self._nuts is None:
+            U = self._U
+
+            @jax.jit
+            def run(key, x0, tb):
+                def logdensity(x):
+                    return -U(x, tb)
+
+                k1, k2 = jax.random.split(key)
+                adapt = blackjax.window_adaptation(
+                    blackjax.nuts, logdensity, is_mass_matrix_diagonal=False,
+                    target_acceptance_rate=0.85,
+                )
+                (state, params), _ = adapt.run(k1, x0, num_steps=num_warmup)
+                kernel = blackjax.nuts(logdensity, **params)
+
+                def step(st, kk):
+                    st, info = kernel.step(kk, st)
+                    return st, (st.position, info.is_divergent, info.num_integration_steps)
+
+                _, (pos, div, nst) = jax.lax.scan(step, state, jax.random.split(k2, num_draws))
+                return pos, div, nst
+
+            self._nuts = run
+        t0 = time.perf_counter()
+        pos, div, nst = self._nuts(jax.random.key(seed), jnp.asarray(lap["x_map"]),
+                                   jnp.asarray(table, jnp.int32))
+        pos = np.asarray(pos)[::thin]
+        out = dict(lap)
+        out["nuts_s"] = time.perf_counter() - t0
+        out["divergences"] = int(np.asarray(div).sum())
+        out["mean_steps"] = float(np.asarray(nst).mean())
+        out["draws"] = self.to_physical(pos)
+        out["ok"] = bool(np.all(np.isfinite(pos)))
+        if not out["ok"]:
+            out["error"] = "non-finite NUTS draws"
         return out
 
     def fit(self, table: np.ndarray, *, seed: int = 0, num_draws: int = 999) -> dict[str, Any]:
@@ -480,7 +539,12 @@ def run_replica(cfg: CampaignConfig | dict, index: int, outdir: str | Path | Non
         cfg, ctx.card, ctx.segments, ctx.problem, replica_key(cfg, index), index
     )
     t_data = time.perf_counter() - t1
-    fit = ctx.fitter.fit(table, seed=cfg.seed * 100_003 + index, num_draws=cfg.num_draws)
+    fseed = cfg.seed * 100_003 + index
+    if cfg.method == "nuts":
+        fit = ctx.fitter.fit_nuts(table, seed=fseed, num_warmup=cfg.nuts_warmup,
+                                  num_draws=cfg.nuts_draws, thin=cfg.nuts_thin)
+    else:
+        fit = ctx.fitter.fit(table, seed=fseed, num_draws=cfg.num_draws)
     n_obs = int(np.sum(np.asarray(table)[..., 0] >= 0))
     rec: dict[str, Any] = {
         "campaign": cfg.name,
@@ -495,7 +559,8 @@ def run_replica(cfg: CampaignConfig | dict, index: int, outdir: str | Path | Non
         "newton_decrement": fit.get("newton_decrement", float("nan")),
         "converged": bool(fit.get("newton_decrement", np.inf) < 0.1),
         "timings": {"setup_s": t_setup, "data_s": t_data, "map_s": fit["map_s"],
-                    "hessian_s": fit["hessian_s"]},
+                    "hessian_s": fit["hessian_s"], "nuts_s": fit.get("nuts_s", 0.0)},
+        "divergences": fit.get("divergences", 0),
         "truth": truth,
         "truth_dEdx": truth_dEdx.tolist(),
         **extra,

@@ -537,3 +537,38 @@ def test_anode_subpoint_finite_values_and_gradients():
     # on the anode plane nothing drifts: no lifetime loss, no diffusion, so d/d tau and d/d D_T of
     # the in-plane segment's charge vanish; the total still depends on tau through the others
     assert float(g_p.tau) > 0.0
+
+
+# --- charge-based channel pruning ------------------------------------------------------------
+
+
+def _channel_charge(plan, params, dedx):
+    """{(event, pixel): total collected electrons} of a plan at ``params``."""
+    out = {}
+    for (Q, _), ch in zip(fwd(dev(plan), dedx, P(params)), plan.channels, strict=True):
+        for e, p, q in zip(ch.event, ch.pixel, np.asarray(Q)[:, -1], strict=True):
+            if e >= 0:
+                out[(int(e), int(p))] = float(q)
+    return out
+
+
+def test_min_charge_pruning_drops_only_charge_free_channels(segs, plan, dedx):
+    """``min_charge_e`` keeps a subset of the channels; every dropped channel stays below the
+    bound at each prior-range corner (the bound is a maximum over the prior box, dE/dx up to 3x),
+    and the kept channels' charge is unchanged (their pairs are all kept)."""
+    cut = 500.0
+    pruned = plan_charge(CARD, segs, step_cm=STEP, dtype=jnp.float64, min_charge_e=cut)
+    full_keys = {(int(e), int(p)) for ch in plan.channels for e, p in zip(ch.event, ch.pixel,
+                                                                           strict=True) if e >= 0}
+    kept = {(int(e), int(p)) for ch in pruned.channels for e, p in zip(ch.event, ch.pixel,
+                                                                        strict=True) if e >= 0}
+    assert kept < full_keys and len(kept) > 0.3 * len(full_keys)
+    dropped = full_keys - kept
+    for name, params in PARAM_SETS.items():
+        q_full = _channel_charge(plan, params, dedx)
+        q_steep = _channel_charge(plan, params, dedx * 3.0)
+        assert max(q_steep[k] for k in dropped) < cut, name
+        assert max(q_full[k] for k in dropped) < cut, name
+        q_kept = _channel_charge(pruned, params, dedx)
+        np.testing.assert_allclose([q_kept[k] for k in sorted(kept)],
+                                   [q_full[k] for k in sorted(kept)], rtol=1e-9, atol=1e-9)

@@ -412,3 +412,42 @@ def test_values_and_gradients_finite():
     g = np.asarray(g)
     bad = [n for n, row in zip(EXTREME, g, strict=True) if not np.all(np.isfinite(row))]
     assert not bad, bad
+
+
+def test_intensity_continues_past_the_window_edges():
+    """A hit that leaves the window because the origin moved by one tick keeps (nearly) its
+    intensity instead of falling to the floor: a plateau channel (charge all arrived) with a noise
+    hit at its last tick W - 1, against the same channel and hit seen from a window that starts
+    one tick later (the hit at tick W, just past the end); and a hit at tick 0 against tick -1.
+
+    The continuation is exact for the first reset row on a plateau and drops only rows re-armed
+    after the window end, so the two windows agree to well under the 10 nats of a floor jump
+    (measured 0.02-0.2); farther than EDGE_TICKS from the window the floor still applies."""
+    from lartpc_bayes.readout_prob import EDGE_TICKS, LOG_ZERO
+
+    w = 64
+    shapes = {  # plateau below threshold (noise), and a step above it (a real hit then noise)
+        "below": cumulative({0: 4200.0}, w),
+        "step": cumulative({10: 12_000.0}, w),
+    }
+    Q = jnp.asarray(np.stack(list(shapes.values())), jnp.float32)
+    Q_late = jnp.concatenate([Q[:, 1:], Q[:, -1:]], axis=1)  # the window one tick later
+    rt = rt_jit(Q, EL, N_NODES, 0)
+    rt_late = rt_jit(Q_late, EL, N_NODES, 0)
+    ch = jnp.arange(Q.shape[0])
+    for adc in (76, 79):  # held charge ~2 and ~5 ke: noise hits on the plateau
+        a = jnp.full(Q.shape[0], adc)
+        at_end = hit_log_intensity(Q, rt, ch, jnp.full(2, w - 1), a, EL)
+        past_end = hit_log_intensity(Q_late, rt_late, ch, jnp.full(2, w), a, EL)
+        np.testing.assert_allclose(past_end, at_end, atol=0.5)
+        assert np.all(np.asarray(at_end) > -30)
+        # one more tick after the end costs about one tick of survival on the plateau
+        later = hit_log_intensity(Q_late, rt_late, ch, jnp.full(2, w + 1), a, EL)
+        assert np.all(np.abs(np.asarray(later - past_end)) < 0.1)
+        far = hit_log_intensity(Q, rt, ch, jnp.full(2, w + EDGE_TICKS), a, EL)
+        assert np.all(np.asarray(far) == LOG_ZERO)
+    # before the start: as at tick 0
+    a = jnp.full(2, 90)
+    first = hit_log_intensity(Q, rt, ch, jnp.zeros(2, int), a, EL)
+    before = hit_log_intensity(Q, rt, ch, jnp.full(2, -1), a, EL)
+    np.testing.assert_allclose(before, first, rtol=1e-6)
