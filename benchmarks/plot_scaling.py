@@ -1,7 +1,7 @@
 """Log-log plot of time and memory against cm of track per batch, from the benchmark JSON.
 
     .venv/bin/python benchmarks/plot_scaling.py [benchmarks/results/cpu.json]
-        [--out docs/figures/performance_scaling.png]
+        [--out docs/figures/performance_scaling.png] [--table]   # --table: Markdown to stdout
 
 Left: median steady-state time (bars: interquartile range) of the expected charge and of the
 log-likelihood + gradient for batches of straight muons, with a slope-1 (linear) reference through
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -101,13 +102,38 @@ def plot(data: dict, out: Path) -> Path:
     return out
 
 
+def markdown_table(data: dict) -> str:
+    """The cases as a Markdown table (the one in docs/performance.md)."""
+    rows = ["| case | tracks | channels | compile (s) | median (ms) | IQR (ms) | runs | ms/cm "
+            "| peak RSS (MB) | XLA working set (MB) | load avg |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for c in data["cases"]:
+        if c.get("status") != "ok":
+            rows.append(f"| {c['name']} | | | | {c.get('status')}: {c.get('reason')} "
+                        "| | | | | | |")
+            continue
+        t = c["timing"]
+        xla = c.get("xla_temp_mb", 0) + c.get("xla_argument_mb", 0) + c.get("xla_output_mb", 0)
+        extra = f" ({c['cm_per_s']:.0f} cm/s)" if "cm_per_s" in c else ""
+        rows.append(
+            f"| {c['name']}{extra} | {c.get('n_tracks', '')} | {c.get('n_channels', '')} "
+            f"| {c.get('compile_s', float('nan')):.1f} | {1e3 * t['median_s']:.1f} "
+            f"| {1e3 * t['iqr_s']:.1f} | {t['n_runs']} | {c['ms_per_cm']:.3f} "
+            f"| {c['peak_rss_mb']:.0f} | {xla:.0f} | {c['load_average_start'][0]:.1f} |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("json", nargs="?", type=Path, default=DEFAULT_IN)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--table", action="store_true", help="also print the cases as Markdown")
     args = ap.parse_args(argv)
-    out = plot(json.loads(args.json.read_text()), args.out)
-    print(f"wrote {out}")
+    data = json.loads(args.json.read_text())
+    out = plot(data, args.out)
+    if args.table:
+        print(markdown_table(data))
+    print(f"wrote {out}", file=sys.stderr)
     return out
 
 
