@@ -231,7 +231,10 @@ def current_rss_mb() -> float:
     return float("nan")
 
 
-def summarize(ts: list[float]) -> dict:
+def summarize(ts: list[float], cpu: list[float] | None = None) -> dict:
+    """Median and spread of wall times ``ts``; with ``cpu`` also the median CPU time of the process
+    per run (user + system, all threads): on a shared machine it grows far less with the load
+    than the wall time does, and wall ~ cpu / (cores used) on a quiet one."""
     n = len(ts)
     q = statistics.quantiles(ts, n=4) if n >= 2 else [ts[0]] * 3
     return {
@@ -245,6 +248,7 @@ def summarize(ts: list[float]) -> dict:
         "mean_s": statistics.fmean(ts),
         "std_s": statistics.stdev(ts) if n >= 2 else 0.0,
         "runs_s": ts,
+        **({"cpu_median_s": statistics.median(cpu), "cpu_runs_s": cpu} if cpu else {}),
     }
 
 
@@ -259,13 +263,15 @@ def timed_runs(fn, n: int, warmup: int = 2, budget_s: float | None = None,
 
     for _ in range(warmup):
         jax.block_until_ready(fn())
-    ts = []
+    ts, cpu = [], []
     t_start = time.perf_counter()
     for _ in range(n):
+        c = time.process_time()
         t = time.perf_counter()
         jax.block_until_ready(fn())
         ts.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
         if (budget_s is not None and len(ts) >= min_runs
                 and time.perf_counter() - t_start > budget_s):
             break
-    return summarize(ts)
+    return summarize(ts, cpu)

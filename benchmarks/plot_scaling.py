@@ -104,21 +104,22 @@ def plot(data: dict, out: Path) -> Path:
 
 def markdown_table(data: dict) -> str:
     """The cases as a Markdown table (the one in docs/performance.md)."""
-    rows = ["| case | tracks | channels | compile (s) | median (ms) | IQR (ms) | runs | ms/cm "
-            "| peak RSS (MB) | XLA working set (MB) | load avg |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| case | tracks | channels | compile (s) | median (ms) | IQR (ms) | CPU (ms) | runs "
+            "| ms/cm | peak RSS (MB) | XLA working set (MB) | load avg |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in data["cases"]:
         if c.get("status") != "ok":
             rows.append(f"| {c['name']} | | | | {c.get('status')}: {c.get('reason')} "
-                        "| | | | | | |")
+                        "| | | | | | | |")
             continue
         t = c["timing"]
         xla = c.get("xla_temp_mb", 0) + c.get("xla_argument_mb", 0) + c.get("xla_output_mb", 0)
         extra = f" ({c['cm_per_s']:.0f} cm/s)" if "cm_per_s" in c else ""
+        cpu = f"{1e3 * t['cpu_median_s']:.1f}" if "cpu_median_s" in t else ""
         rows.append(
             f"| {c['name']}{extra} | {c.get('n_tracks', '')} | {c.get('n_channels', '')} "
             f"| {c.get('compile_s', float('nan')):.1f} | {1e3 * t['median_s']:.1f} "
-            f"| {1e3 * t['iqr_s']:.1f} | {t['n_runs']} | {c['ms_per_cm']:.3f} "
+            f"| {1e3 * t['iqr_s']:.1f} | {cpu} | {t['n_runs']} | {c['ms_per_cm']:.3f} "
             f"| {c['peak_rss_mb']:.0f} | {xla:.0f} | {c['load_average_start'][0]:.1f} |")
     return "\n".join(rows)
 

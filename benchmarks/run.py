@@ -226,6 +226,8 @@ def summary_line(c: dict) -> str:
         return f"{c['name']:32s} {c.get('status')}: {c.get('reason')}"
     t = c["timing"]
     extra = f", {c['cm_per_s']:.0f} cm/s" if "cm_per_s" in c else ""
+    if "cpu_median_s" in t:
+        extra += f", CPU {1e3 * t['cpu_median_s']:.1f} ms"
     return (f"{c['name']:32s} compile {c.get('compile_s', float('nan')):6.1f} s, median "
             f"{1e3 * t['median_s']:9.1f} ms (IQR {1e3 * t['iqr_s']:.1f}, n {t['n_runs']}), "
             f"peak RSS {c['peak_rss_mb']:7.0f} MB{extra}, load "
