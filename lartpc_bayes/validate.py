@@ -85,6 +85,8 @@ class CampaignConfig:
     gtol: float = 1e-3
     hit_margin: float = 2.0
     method: str = "laplace"
+    importance: bool = True
+    n_proposal: int = 1500
     nuts_warmup: int = 300
     nuts_draws: int = 1000
     nuts_thin: int = 10
@@ -110,6 +112,7 @@ class CampaignConfig:
         d = dict(d)
         d["free"] = tuple(d.get("free", ()))
         d["fixed"] = tuple((str(k), float(v)) for k, v in d.get("fixed", ()))
+        d.setdefault("importance", False)  # campaigns written before importance sampling
         return cls(**d)
 
 
@@ -118,9 +121,16 @@ _SBC3 = ("k_B", "tau", "D_L")
 PRESETS: dict[str, CampaignConfig] = {
     # reduced SBC problem: one 7.8 cm muon (generator seed 2) at > 60 deg to the drift axis,
     # 2 latents of 5 cm; three free parameters (the rest at nominal) ...
-    "sbc-ppp": CampaignConfig("sbc-ppp", "sbc", "ppp", _SBC3, n_replicas=300, seed=11),
+    "sbc-ppp": CampaignConfig("sbc-ppp", "sbc", "ppp", _SBC3, n_replicas=200, seed=11),
+    # the same replicas with the plain Laplace approximation (no importance sampling)
+    "sbc-ppp-laplace": CampaignConfig("sbc-ppp-laplace", "sbc", "ppp", _SBC3, n_replicas=300,
+                                      seed=11, importance=False),
+    "sbc-sequential-laplace": CampaignConfig(
+        "sbc-sequential-laplace", "sbc", "sequential", _SBC3, n_replicas=300, seed=11,
+        importance=False,
+    ),
     "sbc-sequential": CampaignConfig(
-        "sbc-sequential", "sbc", "sequential", _SBC3, n_replicas=300, seed=11
+        "sbc-sequential", "sbc", "sequential", _SBC3, n_replicas=200, seed=11
     ),
     # ... and all six free on the same track
     "sbc6-ppp": CampaignConfig("sbc6-ppp", "sbc", "ppp", n_replicas=150, seed=12),
@@ -137,7 +147,8 @@ PRESETS: dict[str, CampaignConfig] = {
                                    method="nuts"),
     # CI subset (tests/test_validate.py): a tiny SBC
     "ci-sbc": CampaignConfig(
-        "ci-sbc", "sbc", "ppp", ("k_B", "D_L"), n_replicas=4, seed=5, maxiter=200, num_draws=199
+        "ci-sbc", "sbc", "ppp", ("k_B", "D_L"), n_replicas=4, seed=5, maxiter=200,
+        num_draws=199, n_proposal=400,
     ),
 }
 
@@ -237,6 +248,9 @@ class LaplaceFitter:
             return x, value, gnorm, it
 
         self._U = U
+        self._U_batch = jax.jit(
+            lambda xs, table: jax.lax.map(lambda x: U(x, table), xs, batch_size=64)
+        )
         self._minimise = minimise
         self._hessian = jax.jit(jax.hessian(U))
         self._nuts = None
@@ -302,8 +316,39 @@ class LaplaceFitter:
             out["error"] = "non-finite NUTS draws"
         return out
 
-    def fit(self, table: np.ndarray, *, seed: int = 0, num_draws: int = 999) -> dict[str, Any]:
+    def _importance(self, x, cov, tb, rng, num_draws: int, n_proposal: int = 4000,
+                    nu: float = 7.0):
+        """Laplace + importance sampling: ``n_proposal`` draws from a multivariate Student-t
+        (``nu`` degrees of freedom, the Laplace location and covariance), Pareto-smoothed
+        importance weights p/q (arviz-stats PSIS, with its k-hat diagnostic), resampled
+        (systematic) to ``num_draws`` equally weighted draws."""
+        import jax.numpy as jnp
+        import xarray as xr
+        from scipy import stats
+
+        prop = stats.multivariate_t(loc=x.astype(np.float64), shape=cov, df=nu)
+        xp = np.atleast_2d(prop.rvs(size=n_proposal, random_state=rng))
+        logp = -np.asarray(self._U_batch(jnp.asarray(xp, jnp.float32), tb), np.float64)
+        logq = prop.logpdf(xp)
+        lw = np.where(np.isfinite(logp), logp - logq, -np.inf)
+        lw = lw - np.max(lw)
+        import arviz_stats  # noqa: F401  (registers the .azstats accessor)
+
+        # arviz-stats' psislw takes log *ratios* (it negates them: LOO passes -log lik)
+        smoothed, khat = xr.DataArray(-lw, dims=["draw"]).azstats.psislw(dim="draw")
+        smoothed = np.asarray(getattr(smoothed, "values", smoothed), np.float64)
+        khat = np.asarray(getattr(khat, "values", khat), np.float64)
+        w = np.exp(smoothed - np.max(smoothed))
+        w = w / w.sum()
+        ess = 1.0 / np.sum(w**2)
+        u = (rng.random() + np.arange(num_draws)) / num_draws
+        idx = np.minimum(np.searchsorted(np.cumsum(w), u), n_proposal - 1)
+        return xp[idx], {"pareto_k": float(khat), "is_ess": float(ess)}
+
+    def fit(self, table: np.ndarray, *, seed: int = 0, num_draws: int = 999,
+            importance: bool = False, n_proposal: int = 1500) -> dict[str, Any]:
         """Fit one hit table. Returns MAP, Hessian, draws (physical) and convergence info.
+        ``importance``: correct the Laplace draws by importance sampling (:meth:`_importance`).
 
         ``ok`` is False when the Hessian at the optimum is not finite or not positive definite
         (no Laplace approximation exists there); the draws are then absent.
@@ -370,7 +415,11 @@ class LaplaceFitter:
             return out
         cov = (evecs / evals) @ evecs.T
         rng = np.random.default_rng(seed)
-        xs = rng.multivariate_normal(x.astype(np.float64), cov, size=num_draws)
+        if importance:
+            xs, info = self._importance(x, cov, tb, rng, num_draws, n_proposal)
+            out.update(info)
+        else:
+            xs = rng.multivariate_normal(x.astype(np.float64), cov, size=num_draws)
         out["draws"] = self.to_physical(xs)
         out["map"] = {k: v[0] for k, v in self.to_physical(x[None]).items()}
         out["cov_unconstrained"] = cov
@@ -544,7 +593,8 @@ def run_replica(cfg: CampaignConfig | dict, index: int, outdir: str | Path | Non
         fit = ctx.fitter.fit_nuts(table, seed=fseed, num_warmup=cfg.nuts_warmup,
                                   num_draws=cfg.nuts_draws, thin=cfg.nuts_thin)
     else:
-        fit = ctx.fitter.fit(table, seed=fseed, num_draws=cfg.num_draws)
+        fit = ctx.fitter.fit(table, seed=fseed, num_draws=cfg.num_draws,
+                             importance=cfg.importance, n_proposal=cfg.n_proposal)
     n_obs = int(np.sum(np.asarray(table)[..., 0] >= 0))
     rec: dict[str, Any] = {
         "campaign": cfg.name,
@@ -561,6 +611,8 @@ def run_replica(cfg: CampaignConfig | dict, index: int, outdir: str | Path | Non
         "timings": {"setup_s": t_setup, "data_s": t_data, "map_s": fit["map_s"],
                     "hessian_s": fit["hessian_s"], "nuts_s": fit.get("nuts_s", 0.0)},
         "divergences": fit.get("divergences", 0),
+        "pareto_k": fit.get("pareto_k", float("nan")),
+        "is_ess": fit.get("is_ess", float("nan")),
         "truth": truth,
         "truth_dEdx": truth_dEdx.tolist(),
         **extra,
@@ -696,6 +748,9 @@ def tidy_table(records: list[dict[str, Any]]):
             "iterations": r["iterations"],
             "grad_norm": r["grad_norm"],
             "newton_decrement": r.get("newton_decrement", float("nan")),
+            "pareto_k": r.get("pareto_k", float("nan")),
+            "is_ess": r.get("is_ess", float("nan")),
+            "divergences": r.get("divergences", 0),
             "n_hits": r["n_hits"],
             "n_outside": r.get("n_outside", 0),
             **{k: v for k, v in r["timings"].items()},
