@@ -120,7 +120,8 @@ class CampaignConfig:
 _SBC3 = ("k_B", "tau", "D_L")
 PRESETS: dict[str, CampaignConfig] = {
     # reduced SBC problem: one 7.8 cm muon (generator seed 2) at > 60 deg to the drift axis,
-    # 2 latents of 5 cm; three free parameters (the rest at nominal) ...
+    # 2 latents of 5 cm; three free parameters (the rest at nominal); Laplace + importance
+    # sampling
     "sbc-ppp": CampaignConfig("sbc-ppp", "sbc", "ppp", _SBC3, n_replicas=200, seed=11),
     # the same replicas with the plain Laplace approximation (no importance sampling)
     "sbc-ppp-laplace": CampaignConfig("sbc-ppp-laplace", "sbc", "ppp", _SBC3, n_replicas=300,
@@ -132,15 +133,11 @@ PRESETS: dict[str, CampaignConfig] = {
     "sbc-sequential": CampaignConfig(
         "sbc-sequential", "sbc", "sequential", _SBC3, n_replicas=200, seed=11
     ),
-    # ... and all six free on the same track
-    "sbc6-ppp": CampaignConfig("sbc6-ppp", "sbc", "ppp", n_replicas=150, seed=12),
-    "sbc6-sequential": CampaignConfig(
-        "sbc6-sequential", "sbc", "sequential", n_replicas=150, seed=12
-    ),
     # closure: two muons (seed 3, 18.7 cm after the drift-window cut), all six parameters free,
     # data from the full simulator with noise
     "closure": CampaignConfig(
-        "closure", "closure", "ppp", n_replicas=30, seed=21, n_tracks=2, track_seed=3
+        "closure", "closure", "ppp", n_replicas=30, seed=21, n_tracks=2, track_seed=3,
+        importance=False,
     ),
     # the SBC problem with NUTS instead of Laplace (the check of the approximation)
     "sbc-ppp-nuts": CampaignConfig("sbc-ppp-nuts", "sbc", "ppp", _SBC3, n_replicas=100, seed=11,
