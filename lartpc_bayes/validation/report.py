@@ -281,6 +281,23 @@ def robustness_table(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def dedx_table(r: dict[str, Any]) -> str:
+    """dE/dx-only fit: MAP against posterior per latent length (means over noise seeds)."""
+    df = pd.DataFrame([x for x in r["rows"] if x.get("ok")])
+    lines = ["| latent length (cm) | latents | RMS rel. error MAP | RMS rel. error posterior mean "
+             "| posterior sd (rel.) | chi2/latent MAP | chi2/latent post. mean | 68 % coverage "
+             "| spread MAP / truth / post. mean | PSIS k-hat max |", "|---" * 10 + "|"]
+    for L, g in df.groupby("latent_cm"):
+        lines.append(
+            f"| {L:g} | {int(g['n_latent'].iloc[0])} | {g['rms_rel_map'].mean():.3f} | "
+            f"{g['rms_rel_mean'].mean():.3f} | {g['mean_sd_rel'].mean():.3f} | "
+            f"{g['chi2_map'].mean():.2f} | {g['chi2_mean'].mean():.2f} | "
+            f"{g['cover68'].mean():.2f} | {g['spread_map'].mean():.3f} / "
+            f"{g['spread_truth'].mean():.3f} / {g['spread_mean'].mean():.3f} | "
+            f"{g['pareto_k'].max():.2f} |")
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------------------------
 
 
@@ -326,7 +343,8 @@ def make_report(root: str | Path = "docs/validation",
     for fname, title, fn in (("nll_scans.json", "NLL scans", scans_table),
                              ("posterior_vs_hessian.json", "Posterior vs Hessian",
                               hessian_table),
-                             ("robustness.json", "Robustness", robustness_table)):
+                             ("robustness.json", "Robustness", robustness_table),
+                             ("dedx_only.json", "dE/dx-only fit", dedx_table)):
         f = root / fname
         if f.exists():
             data = json.loads(f.read_text())
