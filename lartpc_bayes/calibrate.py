@@ -24,7 +24,7 @@ from .inference import (
     run_svi,
 )
 from .likelihood import LikelihoodConfig
-from .model import CalibrationProblem, build_problem
+from .model import LATENT_SITES, CalibrationProblem, build_problem
 
 #: Demo target: every parameter away from nominal, inside the prior ranges (a fixed, documented
 #: point so the demo is comparable across commits; closure over the whole space is issue 4).
@@ -73,7 +73,7 @@ def calibrate(
 
     t0 = time.perf_counter()
     lap = run_laplace(problem, seed=seed, num_samples=1000)
-    init = {k: jnp.asarray(v) for k, v in lap.map_values.items() if k in (*problem.free, "z_dEdx")}
+    init = {k: jnp.asarray(v) for k, v in lap.map_values.items() if k in (*problem.free, *LATENT_SITES)}
     timings = {"map_laplace_s": lap.timings["fit_s"]}
     hess = hessian_at_optimum(problem, lap.map_values)
     if method == "nuts":

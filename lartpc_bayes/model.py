@@ -17,7 +17,7 @@ loc 1.874 MeV/cm, s_L 0.1204, s_R 0.1058.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -99,22 +99,31 @@ class SplitStudentT(dist.Distribution):
         return jnp.where(left, self.loc - self.s_left * tl, self.loc + self.s_right * tr)
 
 
-def latent_segments(segments: Segments, latent_length_cm: float) -> tuple[np.ndarray, int]:
+def _track_index(segments: Segments) -> np.ndarray:
+    key = np.stack([segments.event_id, segments.track_id], 1)
+    _, track = np.unique(key, axis=0, return_inverse=True)
+    return track.ravel()
+
+
+def latent_segments(
+    segments: Segments, latent_length_cm: float, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, int]:
     """Map each segment to a latent segment: consecutive pieces of one track of about
     ``latent_length_cm`` (a last piece shorter than half that joins the previous one).
 
-    Returns (latent index per segment, number of latents). Segments of a track are taken in file
-    order (the generator and larnd-sim write them along the track).
+    Returns (latent index per segment, number of latents); segments outside ``mask`` (stopping
+    tracks, whose dE/dx follows their residual range) get -1. Segments of a track are taken in
+    file order (the generator and larnd-sim write them along the track).
     """
     if latent_length_cm <= 0:
         raise ValueError("latent_length_cm must be positive")
-    key = np.stack([segments.event_id, segments.track_id], 1)
-    _, track = np.unique(key, axis=0, return_inverse=True)
-    track = track.ravel()
-    out = np.empty(segments.n, np.int64)
+    track = _track_index(segments)
+    if mask is not None:
+        track = np.where(np.asarray(mask, bool), track, -1)
+    out = np.full(segments.n, -1, np.int64)
     dx = segments.dx
     nxt = 0
-    for tr in np.unique(track):
+    for tr in np.unique(track[track >= 0]):
         idx = np.nonzero(track == tr)[0]
         mid = np.cumsum(dx[idx]) - 0.5 * dx[idx]
         total = float(dx[idx].sum())
@@ -123,6 +132,78 @@ def latent_segments(segments: Segments, latent_length_cm: float) -> tuple[np.nda
         out[idx] = nxt + lat
         nxt += n_lat
     return out, nxt
+
+
+#: latent sites besides the calibration parameters (MIP dE/dx, stopping end points)
+LATENT_SITES = ("z_dEdx", "end_shift_cm")
+
+#: rms of the latent end point of a stopping track along the track, cm: range straggling of a
+#: 200-500 MeV/c proton (~1.2 % of its 10-50 cm range, PDG "Passage of particles through matter"
+#: sec. 34.2.8) and the end-point resolution of 4.4 mm pixels, rounded up
+END_SHIFT_SD_CM = 0.5
+#: PDG codes whose tracks are treated as stopping (dE/dx from residual range) by default
+STOPPING_PDG = (2212,)
+
+
+class StoppingTracks(NamedTuple):
+    """Host-side residual-range geometry of the stopping tracks (per segment, -1/0 elsewhere)."""
+
+    track: np.ndarray  # (N,) index of the segment's stopping track, -1 for other segments
+    r_near: np.ndarray  # (N,) residual range of the segment's end nearer the stopping point, cm
+    r_far: np.ndarray  # (N,) residual range of its other end, cm
+    mass_MeV: tuple[float, ...]  # per stopping track
+    n: int
+
+
+def stopping_tracks(segments: Segments, stopping_pdg: tuple[int, ...] = STOPPING_PDG
+                    ) -> StoppingTracks:
+    """Residual range of every segment of the tracks whose PDG code is in ``stopping_pdg``.
+
+    The track is taken to stop at the end of its last segment in file order (the generator and
+    larnd-sim write segments along the track); the model's latent end point
+    (``end_shift_cm``) absorbs the error of that assumption within its prior.
+    """
+    from .energy_loss import MUON_MASS_MEV, PION_MASS_MEV, PROTON_MASS_MEV
+
+    masses = {2212: PROTON_MASS_MEV, 13: MUON_MASS_MEV, 211: PION_MASS_MEV}
+    track = _track_index(segments)
+    stop = np.isin(np.abs(segments.pdg_id), stopping_pdg)
+    out_track = np.full(segments.n, -1, np.int64)
+    r_near = np.zeros(segments.n)
+    r_far = np.zeros(segments.n)
+    mass = []
+    dx = segments.dx
+    for tr in np.unique(track[stop]):
+        idx = np.nonzero((track == tr) & stop)[0]
+        pdg = int(abs(segments.pdg_id[idx[0]]))
+        if pdg not in masses:
+            raise ValueError(f"stopping track with PDG code {pdg}: no mass known for its "
+                             f"residual-range dE/dx (known: {sorted(masses)})")
+        after = np.cumsum(dx[idx][::-1])[::-1] - dx[idx]  # track length beyond each segment
+        out_track[idx] = len(mass)
+        r_near[idx] = after
+        r_far[idx] = after + dx[idx]
+        mass.append(masses[pdg])
+    return StoppingTracks(out_track, r_near, r_far, tuple(mass), len(mass))
+
+
+def stopping_dEdx(st: StoppingTracks, end_shift_cm, density: float):
+    """Segment-averaged dE/dx (MeV/cm) of the stopping segments for end-point shifts (n,) cm:
+    ``(T(R_far + d) - T(R_near + d)) / (R_far - R_near)``, T the CSDA kinetic energy at residual
+    range R (:func:`lartpc_bayes.energy_loss.kinetic_energy_from_residual_range`)."""
+    from .energy_loss import kinetic_energy_from_residual_range
+
+    seg = np.nonzero(st.track >= 0)[0]
+    tr = st.track[seg]
+    d = end_shift_cm[jnp.asarray(tr)]
+    out = jnp.zeros(seg.size)
+    for m in sorted(set(st.mass_MeV)):
+        sel = np.asarray([st.mass_MeV[t] == m for t in tr])
+        t_far = kinetic_energy_from_residual_range(jnp.asarray(st.r_far[seg]) + d, m, density)
+        t_near = kinetic_energy_from_residual_range(jnp.asarray(st.r_near[seg]) + d, m, density)
+        val = (t_far - t_near) / jnp.asarray(st.r_far[seg] - st.r_near[seg])
+        out = jnp.where(jnp.asarray(sel), val, out)
+    return jnp.asarray(seg), out
 
 
 #: pixels that can never collect more than this fraction of the threshold are not modelled (at
@@ -144,6 +225,7 @@ class CalibrationProblem:
     table: np.ndarray | None = None
     n_outside: int = 0
     prior: dict[str, float] = field(default_factory=lambda: dict(MIP_PRIOR))
+    stopping: StoppingTracks | None = None
 
     @property
     def free(self) -> tuple[str, ...]:
@@ -160,13 +242,15 @@ def build_problem(
     fixed: dict[str, float] | None = None,
     step_cm: float = 0.04,
     min_charge_fraction: float = MIN_CHARGE_FRACTION,
+    stopping_pdg: tuple[int, ...] = STOPPING_PDG,
 ) -> CalibrationProblem:
     """Plan the charge model for ``segments`` and arrange ``hits`` (if given) into the table.
 
     Pixels whose largest possible charge anywhere in the prior box is below
     ``min_charge_fraction`` times the discriminator threshold are left out of the plan (they can
     only fire on noise; see :func:`lartpc_bayes.charge.plan_charge`); their hits count at the
-    likelihood floor.
+    likelihood floor. Tracks whose PDG code is in ``stopping_pdg`` get no dE/dx latents: their
+    dE/dx follows their residual range with a latent end point (:func:`stopping_tracks`).
     """
     fixed = dict(fixed or {})
     unknown = set(fixed) - set(PARAM_NAMES)
@@ -174,14 +258,16 @@ def build_problem(
         raise KeyError(f"cannot fix unknown parameter(s) {sorted(unknown)}; known: {PARAM_NAMES}")
     plan = plan_charge(card, segments, step_cm=step_cm,
                        min_charge_e=min_charge_fraction * card.electronics.threshold_e)
-    s2l, n_lat = latent_segments(segments, latent_length_cm)
+    stopping = stopping_tracks(segments, stopping_pdg)
+    s2l, n_lat = latent_segments(segments, latent_length_cm, mask=stopping.track < 0)
     table, n_out = (None, 0)
     likelihood = likelihood or LikelihoodConfig()
     if hits is not None:
         table, n_out = hits_to_table(plan, hits, card.electronics.max_hits_per_pixel)
         if not likelihood.max_hits:
             likelihood = replace(likelihood, max_hits=hit_list_sizes(plan, table))
-    return CalibrationProblem(card, plan, s2l, n_lat, likelihood, fixed, table, n_out)
+    return CalibrationProblem(card, plan, s2l, n_lat, likelihood, fixed, table, n_out,
+                              stopping=stopping if stopping.n else None)
 
 
 def latent_scale(prior: dict[str, float]) -> float:
@@ -210,13 +296,24 @@ def calibration_model(problem: CalibrationProblem, hits=None):
             theta[spec.name] = numpyro.sample(spec.name, dist.Uniform(spec.low, spec.high))
     pr = problem.prior
     s = latent_scale(pr)
-    with numpyro.plate("latent", problem.n_latent):
-        z = numpyro.sample(
-            "z_dEdx",
-            SplitStudentT(0.0, pr["s_left"] / s, pr["s_right"] / s, pr["nu_left"], pr["nu_right"]),
-        )
-    dEdx = numpyro.deterministic("dEdx", dEdx_from_z(pr, z))
-    dEdx_seg = jnp.maximum(dEdx[jnp.asarray(problem.seg_to_latent)], 1e-3)
+    n_seg = problem.seg_to_latent.size
+    dEdx_seg = jnp.ones(n_seg)  # every segment is a MIP latent's or a stopping track's
+    if problem.n_latent:
+        with numpyro.plate("latent", problem.n_latent):
+            z = numpyro.sample(
+                "z_dEdx",
+                SplitStudentT(0.0, pr["s_left"] / s, pr["s_right"] / s, pr["nu_left"],
+                              pr["nu_right"]),
+            )
+        dEdx = numpyro.deterministic("dEdx", dEdx_from_z(pr, z))
+        dEdx_seg = dEdx[jnp.asarray(np.maximum(problem.seg_to_latent, 0))]
+    st = problem.stopping
+    if st is not None and st.n:
+        with numpyro.plate("stopping", st.n):
+            shift = numpyro.sample("end_shift_cm", dist.Normal(0.0, END_SHIFT_SD_CM))
+        seg, val = stopping_dEdx(st, shift, card.physics.lar_density_g_cm3)
+        dEdx_seg = dEdx_seg.at[seg].set(val)
+    dEdx_seg = jnp.maximum(dEdx_seg, 1e-3)
     params = DetectorParams(*(theta[p] for p in PARAM_NAMES))
     charges = _expected_charge(problem.plan.device, dEdx_seg, params, card)
     numpyro.sample(

@@ -191,6 +191,8 @@ def latent_truth(problem, dEdx_segments: np.ndarray, dx: np.ndarray | None = Non
     if d.shape != s2l.shape:
         raise ValueError(f"truth dE/dx has {d.shape[0]} entries, the problem {s2l.size} segments")
     w = np.ones_like(d) if dx is None else np.asarray(dx, np.float64)
+    mip = s2l >= 0  # stopping-track segments have no MIP latent
+    s2l, d, w = s2l[mip], d[mip], w[mip]
     num = np.bincount(s2l, weights=d * w, minlength=problem.n_latent)
     den = np.bincount(s2l, weights=w, minlength=problem.n_latent)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -236,7 +238,7 @@ def to_datatree(
         if p not in samples:
             raise KeyError(f"fit has no samples of free parameter {p!r}")
         post[p] = samples[p].astype(np.float64)
-    for k in ("dEdx", "z_dEdx"):
+    for k in ("dEdx", "z_dEdx", "end_shift_cm"):
         if k in samples:
             post[k] = samples[k].astype(np.float64)
     chains, draws = post[free[0]].shape[:2] if free else next(iter(post.values())).shape[:2]
@@ -252,13 +254,14 @@ def to_datatree(
         data["posterior_predictive"] = {"hits": pp if pp.ndim == 5 else _with_chain(pp)}
     if prior is not None:
         pr = {k: _with_chain(np.asarray(prior[k], np.float64))
-              for k in (*free, "dEdx", "z_dEdx") if k in prior}
+              for k in (*free, "dEdx", "z_dEdx", "end_shift_cm") if k in prior}
         if pr:
             data["prior"] = pr
         if "hits" in prior:
             data["prior_predictive"] = {"hits": _with_chain(np.asarray(prior["hits"], np.int32))}
 
-    dims = {"dEdx": ["latent"], "z_dEdx": ["latent"], "hits": HIT_DIMS}
+    dims = {"dEdx": ["latent"], "z_dEdx": ["latent"], "end_shift_cm": ["stopping"],
+            "hits": HIT_DIMS}
     coords = {"field": FIELDS, "latent": np.arange(n_lat)}
     dt = azb.from_dict(data, dims=dims, coords=coords)
     if not stats:

@@ -105,3 +105,20 @@ def test_fit_and_check_smoke(tmp_path, capsys):
     assert "Posterior correlation" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "plots").glob("*.png")) == [
         "fit_corr.png", "fit_pair.png", "fit_ppc.png", "fit_trace.png"]
+
+
+def test_demo_smoke(tmp_path, capsys):
+    """A shortened ``demo`` (one muon, 5 posterior-predictive replicas): fake data at the demo
+    target, all six parameters fitted, the table of target / mean / sd / pull and the correlation
+    matrices printed, hits, netCDF and plots written."""
+    from lartpc_bayes.calibrate import DEMO_TARGET
+    from lartpc_bayes.results import load_datatree
+
+    out = tmp_path / "demo"
+    rc = main(["demo", "--outdir", str(out), "--n-tracks", "1", "--ppc-draws", "5", "-q"])
+    assert rc == 0
+    report = capsys.readouterr().out
+    assert "pull" in report and "Posterior correlation" in report
+    dt = load_datatree(out / "posterior.nc")
+    assert set(DEMO_TARGET) <= set(dt["posterior"].data_vars)
+    assert (out / "hits.h5").exists() and len(list(out.glob("*.png"))) == 4
