@@ -73,7 +73,9 @@ def calibrate(
 
     t0 = time.perf_counter()
     lap = run_laplace(problem, seed=seed, num_samples=1000)
-    init = {k: jnp.asarray(v) for k, v in lap.map_values.items() if k in (*problem.free, *LATENT_SITES)}
+    init = {
+        k: jnp.asarray(v) for k, v in lap.map_values.items() if k in (*problem.free, *LATENT_SITES)
+    }
     timings = {"map_laplace_s": lap.timings["fit_s"]}
     hess = hessian_at_optimum(problem, lap.map_values)
     if method == "nuts":

@@ -9,7 +9,6 @@ it prints is the one quoted in docs/inference.md.
 from __future__ import annotations
 
 import jax
-import numpy as np
 import pytest
 
 from lartpc_bayes.calibrate import DEMO_MIN_ANGLE_DEG, DEMO_TARGET
