@@ -848,6 +848,8 @@ def add_arguments(ap) -> None:
     p = sub.add_parser("report", help="tables and figures of docs/validation.md from the data")
     p.add_argument("--root", default=str(DEFAULT_ROOT))
     p.add_argument("--figures", default="docs/figures/validation")
+    p.add_argument("--doc", default="docs/validation.md",
+                   help="markdown file whose validation-tables block is regenerated")
 
 
 def run_cli(args) -> int:
@@ -869,7 +871,7 @@ def run_cli(args) -> int:
         return 0
     from .validation.report import make_report
 
-    print(make_report(args.root, args.figures))
+    print(make_report(args.root, args.figures, args.doc))
     return 0
 
 

@@ -301,9 +301,15 @@ def dedx_table(r: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+START, END = "<!-- validation-tables:start -->", "<!-- validation-tables:end -->"
+
+
 def make_report(root: str | Path = "docs/validation",
-                figdir: str | Path = "docs/figures/validation") -> str:
-    """Write every figure and ``root/tables.md`` from the data present; return the tables."""
+                figdir: str | Path = "docs/figures/validation",
+                doc: str | Path | None = "docs/validation.md") -> str:
+    """Write every figure and ``root/tables.md`` from the data present, and replace the block
+    between the ``validation-tables`` markers of ``doc`` (if present) with the same tables;
+    return the tables."""
     from ..validate import PRESETS, collect
 
     root, figdir = Path(root), Path(figdir)
@@ -353,4 +359,10 @@ def make_report(root: str | Path = "docs/validation",
                 scans_figure(data, figdir)
     text = "\n\n".join(parts) + "\n"
     (root / "tables.md").write_text(text)
+    if doc is not None and Path(doc).exists():
+        d = Path(doc).read_text()
+        if START in d and END in d:
+            head, rest = d.split(START, 1)
+            _, tail = rest.split(END, 1)
+            Path(doc).write_text(f"{head}{START}\n\n{text}\n{END}{tail}")
     return text
