@@ -72,7 +72,7 @@ def calibrate(
     from .results import hessian_at_optimum, to_datatree
 
     t0 = time.perf_counter()
-    lap = run_laplace(problem, seed=seed, num_samples=1000)
+    lap = run_laplace(problem, seed=seed, num_samples=2000, importance=method == "laplace-is")
     init = {
         k: jnp.asarray(v) for k, v in lap.map_values.items() if k in (*problem.free, *LATENT_SITES)
     }
@@ -98,7 +98,7 @@ def calibrate(
             init=init,
             progress=progress,
         )
-    elif method == "laplace":
+    elif method in ("laplace", "laplace-is"):
         fit = lap
     elif method in ("svi", "lowrank"):
         fit = run_svi(

@@ -104,9 +104,10 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--method",
         default="nuts",
-        choices=["nuts", "blackjax", "svi", "laplace", "lowrank"],
-        help="nuts/blackjax: NUTS (reported uncertainties); svi (mean-field), lowrank, "
-        "laplace (MAP + Laplace): quick looks",
+        choices=["nuts", "blackjax", "svi", "laplace", "laplace-is", "lowrank"],
+        help="nuts/blackjax: NUTS (reported uncertainties); laplace (MAP + Laplace), laplace-is "
+        "(Laplace corrected by Pareto-smoothed importance sampling); svi (mean-field), lowrank: "
+        "quick looks",
     )
     p.add_argument(
         "--fix",
@@ -223,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--method",
         default="laplace",
-        choices=["laplace", "nuts", "blackjax", "svi", "lowrank"],
+        choices=["laplace", "laplace-is", "nuts", "blackjax", "svi", "lowrank"],
         help="laplace (default; its sd agrees with NUTS on this problem, docs/inference.md)",
     )
     d.add_argument("--ppc-draws", type=int, default=100)

@@ -129,3 +129,23 @@ def test_stopping_proton_prior_follows_residual_range():
     v, g = jax.value_and_grad(info.potential_fn)(info.param_info.z)
     assert np.isfinite(float(v))
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(g))
+
+
+def test_importance_resample_corrects_a_too_narrow_gaussian():
+    """A target N(0, diag(1, 4)) seen through a Laplace approximation that is off-centre and too
+    narrow (mean (0.3, 0), cov diag(0.5, 1)): the Student-t proposal with PSIS weights recovers
+    the target's mean and sd. 4000 resampled draws from 8000 proposals, IS-ESS ~2000: the MC error
+    of a mean is ~0.03 sd, of an sd ~2 %; the tolerances are 5x that."""
+    import jax.numpy as jnp
+
+    from lartpc_bayes.inference import importance_resample
+
+    def U(xs):
+        return 0.5 * (xs[:, 0] ** 2 + xs[:, 1] ** 2 / 4.0)
+
+    draws, info = importance_resample(U, np.array([0.3, 0.0]), np.diag([0.5, 1.0]),
+                                      np.random.default_rng(0), 4000, 8000)
+    assert info["pareto_k"] < 0.7 and info["is_ess"] > 500
+    assert np.all(np.abs(draws.mean(0)) < 0.15 * np.array([1.0, 2.0])), draws.mean(0)
+    np.testing.assert_allclose(draws.std(0), [1.0, 2.0], rtol=0.1)
+    assert jnp.asarray(draws).shape == (4000, 2)
