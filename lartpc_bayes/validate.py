@@ -133,6 +133,14 @@ PRESETS: dict[str, CampaignConfig] = {
     "sbc-sequential": CampaignConfig(
         "sbc-sequential", "sbc", "sequential", _SBC3, n_replicas=150, seed=11
     ),
+    # a steep muon (generator seed 85, 13.9 cm at 23 deg to the drift axis): several hits per
+    # pixel, where the PPP and the exact sequential likelihood differ
+    "sbc-steep-ppp": CampaignConfig("sbc-steep-ppp", "sbc", "ppp", _SBC3, n_replicas=100,
+                                    seed=13, track_seed=85, min_angle_deg=15.0),
+    "sbc-steep-sequential": CampaignConfig(
+        "sbc-steep-sequential", "sbc", "sequential", _SBC3, n_replicas=100, seed=13,
+        track_seed=85, min_angle_deg=15.0,
+    ),
     # closure: two muons (seed 3, 18.7 cm after the drift-window cut), all six parameters free,
     # data from the full simulator with noise
     "closure": CampaignConfig(

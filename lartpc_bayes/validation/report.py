@@ -216,9 +216,11 @@ def scans_figure(scans: dict[str, Any], figdir: Path) -> Path:
             if key.startswith("ppp"):
                 c = np.asarray(res[key]["count"]).mean(0)
                 h = y - c
-                axes[1][col].plot(x, c - c.min(), style, ms=3, label=f"{key} sum lambda")
-                axes[1][col].plot(x, h - h.min(), style.replace("-", ":"), ms=3, alpha=0.6,
-                                  label=f"{key} -hit term")
+                color = style[:2] if style[0] == "C" else style[0]
+                axes[1][col].plot(x, c - c.min(), color=color, ls="-", marker=".",
+                                  label=f"{key}: sum lambda")
+                axes[1][col].plot(x, h - h.min(), color=color, ls=":", marker=".",
+                                  label=f"{key}: -hit term")
         for r in (0, 1):
             axes[r][col].axvline(truth[pname], color="grey", lw=0.8)
             axes[r][col].set_xlabel(pname)
