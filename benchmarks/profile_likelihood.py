@@ -97,7 +97,8 @@ def op_profile(compiled, args, runs: int, top: int) -> dict:
                 continue
             for e in line.events:
                 n = e.name
-                if n.startswith(("end: ", "ThreadpoolListener")):
+                # ThunkExecutor::* events enclose the op events (nested): leaves only
+                if n.startswith(("end: ", "ThreadpoolListener", "ThunkExecutor")):
                     continue
                 per_op[n] += e.duration_ns * 1e-6
                 count[n] += 1
