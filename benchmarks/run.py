@@ -286,8 +286,17 @@ def main(argv: list[str] | None = None) -> dict | None:
             results.append(c)
 
     out_path = args.out if args.out is not None else (None if args.quick else DEFAULT_OUT)
+    command = " ".join([Path(sys.executable).name, "benchmarks/run.py",
+                        *(argv if argv is not None else sys.argv[1:])])
+    this_run = {"command": command,
+                "timestamp_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "git": git_start, "cases": [c["name"] for c in results]}
+    runs = [this_run]
     if args.merge and out_path is not None and out_path.exists():
         old = json.loads(out_path.read_text())
+        runs = old.get("runs") or [{k: old.get(k) for k in ("command", "timestamp_utc", "git")}
+                                   | {"cases": [c["name"] for c in old["cases"]]}]
+        runs = [*runs, this_run]
         new_names = {c["name"] for c in results}
         results = [c for c in old["cases"] if c["name"] not in new_names] + results
         order = {case_name(c): i for i, c in enumerate(full_cases())}
@@ -300,8 +309,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         "benchmark": "suite",
         "timestamp_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "quick": bool(args.quick),
-        "command": " ".join([Path(sys.executable).name, "benchmarks/run.py",
-                             *(argv if argv is not None else sys.argv[1:])]),
+        "command": command,
+        "runs": runs,
         "total_wall_s": time.perf_counter() - t0,
         "git": {**git_start, "package_sources_sha1_end": C.package_sources_sha1(),
                 "cases_share_sources": len({c.get("package_sources_sha1") for c in results
