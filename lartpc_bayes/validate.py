@@ -122,7 +122,7 @@ PRESETS: dict[str, CampaignConfig] = {
     # reduced SBC problem: one 7.8 cm muon (generator seed 2) at > 60 deg to the drift axis,
     # 2 latents of 5 cm; three free parameters (the rest at nominal); Laplace + importance
     # sampling
-    "sbc-ppp": CampaignConfig("sbc-ppp", "sbc", "ppp", _SBC3, n_replicas=150, seed=11),
+    "sbc-ppp": CampaignConfig("sbc-ppp", "sbc", "ppp", _SBC3, n_replicas=100, seed=11),
     # the same replicas with the plain Laplace approximation (no importance sampling)
     "sbc-ppp-laplace": CampaignConfig("sbc-ppp-laplace", "sbc", "ppp", _SBC3, n_replicas=300,
                                       seed=11, importance=False),
@@ -131,7 +131,7 @@ PRESETS: dict[str, CampaignConfig] = {
         importance=False,
     ),
     "sbc-sequential": CampaignConfig(
-        "sbc-sequential", "sbc", "sequential", _SBC3, n_replicas=150, seed=11
+        "sbc-sequential", "sbc", "sequential", _SBC3, n_replicas=100, seed=11
     ),
     # a steep muon (generator seed 85, 13.9 cm at 23 deg to the drift axis): several hits per
     # pixel, where the PPP and the exact sequential likelihood differ

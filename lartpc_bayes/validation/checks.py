@@ -140,7 +140,7 @@ def robustness(root: str | Path = DEFAULT_ROOT, *, n_seeds: int = 4, seed0: int 
     _, pi_all = _card_and_tracks(n_tracks=4, seed=7, sample="pions")
     # pion segments (one track, in file order) up to pion_fraction of the muon length
     target_len = pion_fraction * float(mu.dx.sum())
-    keep = np.cumsum(pi_all.dx) <= target_len
+    keep = (np.cumsum(pi_all.dx) - pi_all.dx) < target_len
     pi = pi_all.select(keep)
     pi = pi._replace(event_id=pi.event_id + int(mu.event_id.max()) + 1)
     mixed = Segments.concatenate([mu, pi])
