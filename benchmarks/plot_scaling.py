@@ -3,9 +3,10 @@
     .venv/bin/python benchmarks/plot_scaling.py [benchmarks/results/cpu.json]
         [--out docs/figures/performance_scaling.png] [--table]   # --table: Markdown to stdout
 
-Left: median steady-state time (bars: interquartile range) of the expected charge and of the
-log-likelihood + gradient for batches of straight muons, with a slope-1 (linear) reference through
-the 100 cm point, the fitted exponent in the legend, and the 100 cm stopping-proton batch.
+Left: median steady-state wall time (bars: interquartile range; open markers: the process's CPU
+time per run, where recorded) of the expected charge and of the log-likelihood + gradient for
+batches of straight muons, with a slope-1 (linear) reference through the 100 cm point, the fitted
+exponent in the legend, and the 100 cm stopping-proton batch.
 Right: the peak RSS of each case (fresh process) and the working set XLA allocates for the
 compiled function (``memory_analysis``: temporaries + arguments + outputs), with the same
 reference. Cases that did not finish are marked at the top with their status.
@@ -59,6 +60,11 @@ def plot(data: dict, out: Path) -> Path:
         ax_t.errorbar(L, t, yerr=[[a - b for a, b in zip(t, q1, strict=True)],
                                    [b - a for a, b in zip(t, q3, strict=True)]],
                       color=color, marker=marker, label=lab, capsize=2)
+        cpu = [(c["track_length_cm"], 1e3 * c["timing"]["cpu_median_s"]) for c in ok
+               if "cpu_median_s" in c["timing"]]
+        if cpu:
+            ax_t.plot(*zip(*cpu, strict=True), color=color, marker=marker, mfc="none", ls="none",
+                      label=f"{label}: CPU time (all threads)")
         i100 = min(range(len(L)), key=lambda i: abs(math.log(L[i] / 100.0)))
         _reference(ax_t, L, t[i100], L[i100], color)
         rss = [c["peak_rss_mb"] for c in ok]
