@@ -301,7 +301,9 @@ def main(argv: list[str] | None = None) -> dict | None:
         results = [c for c in old["cases"] if c["name"] not in new_names] + results
         order = {case_name(c): i for i, c in enumerate(full_cases())}
         results.sort(key=lambda c: order.get(c["name"], len(order)))
-    machine = next((c["machine"] for c in results if c.get("status") == "ok"), None)
+    # the machine block of this run's first finished case (merged older cases have none)
+    machine = next((c["machine"] for c in results if c.get("status") == "ok" and "machine" in c),
+                   None)
     machine = {**(machine or C.machine_info(with_jax=False)),
                "load_average_start": load_start, "load_average_end": list(os.getloadavg())}
     result = {
