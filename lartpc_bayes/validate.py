@@ -351,9 +351,11 @@ class LaplaceFitter:
         return xp[idx], {"pareto_k": float(khat), "is_ess": float(ess)}
 
     def fit(self, table: np.ndarray, *, seed: int = 0, num_draws: int = 999,
-            importance: bool = False, n_proposal: int = 1500) -> dict[str, Any]:
+            importance: bool = False, n_proposal: int = 1500, e_scan: bool = False
+            ) -> dict[str, Any]:
         """Fit one hit table. Returns MAP, Hessian, draws (physical) and convergence info.
         ``importance``: correct the Laplace draws by importance sampling (:meth:`_importance`).
+        ``e_scan``: start at the best E of a grid (when E is free; see the code).
 
         ``ok`` is False when the Hessian at the optimum is not finite or not positive definite
         (no Laplace approximation exists there); the draws are then absent.
@@ -362,7 +364,21 @@ class LaplaceFitter:
 
         t0 = time.perf_counter()
         tb = jnp.asarray(table, jnp.int32)
-        x, value, gnorm, it = self._minimise(self.x0, tb)
+        x0 = self.x0
+        if e_scan and "E" in self.free:
+            # E moves every arrival time: the potential along E has local minima a tick apart;
+            # start at the best E of a fine grid over its range (the other sites at the start
+            # values), evaluated with the batched potential (same shape as the IS proposal, so
+            # no extra compilation), as inference.drift_field_scan does
+            j = self.free.index("E")
+            spec = self.problem.card.param("E")
+            grid = np.linspace(spec.low, spec.high, n_proposal + 2)[1:-1]
+            xs = np.tile(np.asarray(x0), (n_proposal, 1))
+            xs[:, j] = np.asarray(self._bij[j].inv(jnp.asarray(grid, jnp.float32)))
+            vals = np.asarray(self._U_batch(jnp.asarray(xs, jnp.float32), tb))
+            vals = np.where(np.isfinite(vals), vals, np.inf)
+            x0 = jnp.asarray(xs[int(np.argmin(vals))], jnp.float32)
+        x, value, gnorm, it = self._minimise(x0, tb)
         x = np.asarray(x)
         t1 = time.perf_counter()
         H = np.asarray(self._hessian(jnp.asarray(x), tb), np.float64)

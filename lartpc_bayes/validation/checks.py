@@ -102,7 +102,7 @@ def posterior_vs_hessian(root: str | Path = DEFAULT_ROOT, *, draws: int = 200, w
 def _laplace_fit(problem, table, seed: int, fitter_cache: dict, key) -> dict[str, Any]:
     if key not in fitter_cache:
         fitter_cache[key] = LaplaceFitter(problem, maxiter=400)
-    return fitter_cache[key].fit(table, seed=seed, num_draws=2000)
+    return fitter_cache[key].fit(table, seed=seed, num_draws=2000, e_scan=True)
 
 
 def _with_max_hits(problem, table):
