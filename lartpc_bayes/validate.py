@@ -327,28 +327,10 @@ class LaplaceFitter:
         (``nu`` degrees of freedom, the Laplace location and covariance), Pareto-smoothed
         importance weights p/q (arviz-stats PSIS, with its k-hat diagnostic), resampled
         (systematic) to ``num_draws`` equally weighted draws."""
-        import jax.numpy as jnp
-        import xarray as xr
-        from scipy import stats
+        from .inference import importance_resample
 
-        prop = stats.multivariate_t(loc=x.astype(np.float64), shape=cov, df=nu)
-        xp = np.atleast_2d(prop.rvs(size=n_proposal, random_state=rng))
-        logp = -np.asarray(self._U_batch(jnp.asarray(xp, jnp.float32), tb), np.float64)
-        logq = prop.logpdf(xp)
-        lw = np.where(np.isfinite(logp), logp - logq, -np.inf)
-        lw = lw - np.max(lw)
-        import arviz_stats  # noqa: F401  (registers the .azstats accessor)
-
-        # arviz-stats' psislw takes log *ratios* (it negates them: LOO passes -log lik)
-        smoothed, khat = xr.DataArray(-lw, dims=["draw"]).azstats.psislw(dim="draw")
-        smoothed = np.asarray(getattr(smoothed, "values", smoothed), np.float64)
-        khat = np.asarray(getattr(khat, "values", khat), np.float64)
-        w = np.exp(smoothed - np.max(smoothed))
-        w = w / w.sum()
-        ess = 1.0 / np.sum(w**2)
-        u = (rng.random() + np.arange(num_draws)) / num_draws
-        idx = np.minimum(np.searchsorted(np.cumsum(w), u), n_proposal - 1)
-        return xp[idx], {"pareto_k": float(khat), "is_ess": float(ess)}
+        return importance_resample(lambda xs: self._U_batch(xs, tb), x.astype(np.float64), cov,
+                                   rng, num_draws, n_proposal, nu)
 
     def fit(self, table: np.ndarray, *, seed: int = 0, num_draws: int = 999,
             importance: bool = False, n_proposal: int = 1500, e_scan: bool = False
