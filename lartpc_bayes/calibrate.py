@@ -78,18 +78,9 @@ def calibrate(
     }
     timings = {"map_laplace_s": lap.timings["fit_s"]}
     hess = hessian_at_optimum(problem, lap.map_values)
-    if method == "nuts":
-        fit = run_nuts(
-            problem,
-            seed=seed,
-            num_warmup=warmup,
-            num_samples=draws,
-            num_chains=chains,
-            init=init,
-            progress=progress,
-        )
-    elif method == "blackjax":
-        fit = run_blackjax(
+    if method in ("nuts", "blackjax"):
+        sampler = run_nuts if method == "nuts" else run_blackjax
+        fit = sampler(
             problem,
             seed=seed,
             num_warmup=warmup,
@@ -207,6 +198,25 @@ def calibrate_file(
 DEMO_MIN_ANGLE_DEG = 60.0
 
 
+def demo_sample(detector: str = "module0", n_tracks: int = 2, seed: int = 3):
+    """The demo's fake data: ``n_tracks`` generated muons (> :data:`DEMO_MIN_ANGLE_DEG` to the
+    drift axis) simulated at :data:`DEMO_TARGET` with every noise term. Returns
+    (card, segments, hits, simulation summary)."""
+    from .detector import load_card
+    from .generator import SelectionCuts, generate
+    from .physics import DetectorParams
+    from .simulate import simulate_hits
+
+    card = load_card(detector)
+    segments = generate(
+        card, "muons", n_tracks, seed, cuts=SelectionCuts(min_angle_to_drift_deg=DEMO_MIN_ANGLE_DEG)
+    )
+    hits, summ = simulate_hits(
+        jax.random.key(seed), card, segments, DetectorParams.from_dict(DEMO_TARGET)
+    )
+    return card, segments, hits, summ
+
+
 def run_demo(
     outdir: str | Path = "out/demo",
     *,
@@ -223,21 +233,12 @@ def run_demo(
     """Fake data at :data:`DEMO_TARGET` from the embedded generator, all six parameters and the
     latent dE/dx fitted with ``method`` (default: MAP + Laplace, whose sd agrees with NUTS on this
     very problem, docs/inference.md); writes hits, netCDF and plots to ``outdir``."""
-    from .detector import load_card
-    from .generator import SelectionCuts, generate
     from .io import write_hits
-    from .physics import DetectorParams
-    from .simulate import simulate_hits
 
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    card = load_card(detector)
-    segments = generate(
-        card, "muons", n_tracks, seed, cuts=SelectionCuts(min_angle_to_drift_deg=DEMO_MIN_ANGLE_DEG)
-    )
-    truth = DetectorParams.from_dict(DEMO_TARGET)
-    hits, summ = simulate_hits(jax.random.key(seed), card, segments, truth)
+    card, segments, hits, summ = demo_sample(detector, n_tracks, seed)
     hits_path = out / "hits.h5"
     write_hits(
         hits_path,
@@ -279,5 +280,6 @@ __all__ = [
     "FitResult",
     "calibrate",
     "calibrate_file",
+    "demo_sample",
     "run_demo",
 ]

@@ -8,24 +8,17 @@ it prints is the one quoted in docs/inference.md.
 
 from __future__ import annotations
 
-import jax
 import pytest
 
-from lartpc_bayes.calibrate import DEMO_MIN_ANGLE_DEG, DEMO_TARGET
-from lartpc_bayes.detector import PARAM_NAMES, load_card
-from lartpc_bayes.generator import SelectionCuts, generate
+from lartpc_bayes.calibrate import DEMO_TARGET, demo_sample
+from lartpc_bayes.detector import PARAM_NAMES
 from lartpc_bayes.inference import run_laplace, run_nuts
 from lartpc_bayes.model import build_problem
-from lartpc_bayes.physics import DetectorParams
-from lartpc_bayes.simulate import simulate_hits
 
 
-def demo_problem(n_tracks: int = 2, seed: int = 3):
-    """The problem ``run_demo`` builds (same generator call, cuts, seed and defaults)."""
-    card = load_card("module0")
-    seg = generate(card, "muons", n_tracks, seed,
-                   cuts=SelectionCuts(min_angle_to_drift_deg=DEMO_MIN_ANGLE_DEG))
-    hits, _ = simulate_hits(jax.random.key(seed), card, seg, DetectorParams.from_dict(DEMO_TARGET))
+def demo_problem():
+    """The problem ``run_demo`` fits (its data, and ``calibrate_file``'s defaults)."""
+    card, seg, hits, _ = demo_sample()
     return build_problem(card, seg, hits, latent_length_cm=5.0)
 
 
