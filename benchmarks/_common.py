@@ -69,7 +69,7 @@ def muon_batch(length_cm: float):
 
 def proton_batch(card, length_cm: float, seed: int = 0):
     """Whole stopping-proton tracks (generator, published cuts) until ``length_cm`` is reached."""
-    from lartpc_bayes.generator import generate
+    from lartpc_bayes.forward.generator import generate
 
     n = 8
     while True:

@@ -64,9 +64,9 @@ def main(argv: list[str] | None = None) -> dict:
         jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
 
-    from lartpc_bayes.charge import expected_charge, plan_charge, plan_info, produced_charge
     from lartpc_bayes.detector import PARAM_NAMES, load_card
-    from lartpc_bayes.physics import DetectorParams
+    from lartpc_bayes.detector.physics import DetectorParams
+    from lartpc_bayes.forward.charge import expected_charge, plan_charge, plan_info, produced_charge
 
     repeats = args.repeats or (5 if args.quick else 30)
     length = args.length or (30.0 if args.quick else 100.0)

@@ -33,12 +33,12 @@ def bench_one(length_cm: float, repeats: int, kind: str, max_lag: int) -> dict:
     import jax.numpy as jnp
     from numpyro.infer.util import initialize_model
 
-    from lartpc_bayes.charge import plan_info
     from lartpc_bayes.detector import load_card
+    from lartpc_bayes.detector.physics import nominal_params
+    from lartpc_bayes.forward.charge import plan_info
+    from lartpc_bayes.forward.simulate import simulate_hits
     from lartpc_bayes.likelihood import LikelihoodConfig
     from lartpc_bayes.model import build_problem, calibration_model
-    from lartpc_bayes.physics import nominal_params
-    from lartpc_bayes.simulate import simulate_hits
 
     card = load_card("module0")
     segs = muon_segments(length_cm)

@@ -100,7 +100,7 @@ def _compile_and_time(fn, args, case) -> dict:
 
 
 def _plan_fields(plan) -> dict:
-    from lartpc_bayes.charge import plan_info
+    from lartpc_bayes.forward.charge import plan_info
 
     info = plan_info(plan)
     return {"n_segments": info.n_segments, "n_subpoints": info.n_subpoints,
@@ -114,10 +114,10 @@ def _problem(card, segs):
     package's default likelihood)."""
     import jax
 
+    from lartpc_bayes.detector.physics import nominal_params
+    from lartpc_bayes.forward.simulate import simulate_hits
     from lartpc_bayes.likelihood import LikelihoodConfig
     from lartpc_bayes.model import build_problem
-    from lartpc_bayes.physics import nominal_params
-    from lartpc_bayes.simulate import simulate_hits
 
     hits, _ = simulate_hits(jax.random.key(0), card, segs, nominal_params(card),
                             batch_length_cm=100.0)
@@ -138,8 +138,8 @@ def _likelihood_fields(problem, hits) -> dict:
 def case_charge(card, segs, case) -> dict:
     import jax.numpy as jnp
 
-    from lartpc_bayes.charge import expected_charge, plan_charge
-    from lartpc_bayes.physics import DetectorParams
+    from lartpc_bayes.detector.physics import DetectorParams
+    from lartpc_bayes.forward.charge import expected_charge, plan_charge
 
     t = time.perf_counter()
     plan = plan_charge(card, segs)
@@ -164,7 +164,7 @@ def case_loglik_grad(card, segs, case) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from lartpc_bayes.inference import potential_and_transforms
+    from lartpc_bayes.infer import potential_and_transforms
 
     problem, hits = _problem(card, segs)
     potential_fn, _, z = potential_and_transforms(problem)
@@ -185,7 +185,7 @@ def case_svi_step(card, segs, case) -> dict:
     import optax
     from numpyro.infer import SVI, Trace_ELBO, autoguide, init_to_value
 
-    from lartpc_bayes.inference import nominal_init
+    from lartpc_bayes.infer import nominal_init
     from lartpc_bayes.model import calibration_model
 
     problem, hits = _problem(card, segs)
@@ -216,7 +216,7 @@ def case_nuts_grad(card, segs, case) -> dict:
     from jax.flatten_util import ravel_pytree
     from numpyro.infer import NUTS
 
-    from lartpc_bayes.inference import potential_and_transforms
+    from lartpc_bayes.infer import potential_and_transforms
 
     problem, hits = _problem(card, segs)
     potential_fn, _, z = potential_and_transforms(problem)
@@ -264,8 +264,8 @@ def case_nuts_grad(card, segs, case) -> dict:
 def case_simulate(card, segs, case) -> dict:
     import jax
 
-    from lartpc_bayes.physics import nominal_params
-    from lartpc_bayes.simulate import simulate_hits
+    from lartpc_bayes.detector.physics import nominal_params
+    from lartpc_bayes.forward.simulate import simulate_hits
 
     params = nominal_params(card)
     res = {"n_segments": int(segs.n)}

@@ -137,12 +137,12 @@ def main(argv: list[str] | None = None) -> dict:
     import jax.numpy as jnp
     from cases import _likelihood_fields, _problem
 
-    from lartpc_bayes.charge import expected_charge
     from lartpc_bayes.detector import load_card
-    from lartpc_bayes.inference import potential_and_transforms
+    from lartpc_bayes.detector.physics import DetectorParams
+    from lartpc_bayes.forward.charge import expected_charge
+    from lartpc_bayes.infer import potential_and_transforms
     from lartpc_bayes.likelihood import log_likelihood
-    from lartpc_bayes.physics import DetectorParams
-    from lartpc_bayes.readout_prob import readout_tensors
+    from lartpc_bayes.likelihood.readout_prob import readout_tensors
 
     load_start = list(os.getloadavg())
     card = load_card("module0")

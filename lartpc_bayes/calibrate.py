@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .detector import PARAM_NAMES, DetectorCard
-from .inference import (
+from .infer import (
     FitResult,
     predictive_hits,
     prior_samples,
@@ -203,9 +203,9 @@ def demo_sample(detector: str = "module0", n_tracks: int = 2, seed: int = 3):
     drift axis) simulated at :data:`DEMO_TARGET` with every noise term. Returns
     (card, segments, hits, simulation summary)."""
     from .detector import load_card
-    from .generator import SelectionCuts, generate
-    from .physics import DetectorParams
-    from .simulate import simulate_hits
+    from .detector.physics import DetectorParams
+    from .forward.generator import SelectionCuts, generate
+    from .forward.simulate import simulate_hits
 
     card = load_card(detector)
     segments = generate(

@@ -38,10 +38,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .detector import load_card
-    from .generator import generate
+    from .detector.physics import nominal_params
+    from .forward.generator import generate
+    from .forward.simulate import simulate_hits
     from .io import read_segments, write_hits
-    from .physics import nominal_params
-    from .simulate import simulate_hits
 
     card = load_card(args.detector)
     overrides = dict(args.param or [])
@@ -234,8 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-q", "--quiet", action="store_true")
     d.set_defaults(func=_cmd_demo)
 
-    from .validate import add_arguments as validate_arguments
-    from .validate import run_cli as validate_run
+    from .validation.campaign import add_arguments as validate_arguments
+    from .validation.campaign import run_cli as validate_run
 
     v = sub.add_parser("validate", help="validation campaigns (SBC, closure) and their report")
     validate_arguments(v)
@@ -252,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     # parallel MCMC chains on CPU need host devices, which must be set before JAX starts
-    from .inference import set_host_devices
+    from .infer import set_host_devices
 
     set_host_devices()
     parser = build_parser()

@@ -27,11 +27,11 @@ import numpyro.distributions as dist
 from jax.scipy.special import gammaln
 from numpyro.distributions import constraints
 
-from .charge import ChargePlan, expected_charge, plan_charge
 from .data import Hits, Segments
 from .detector import PARAM_NAMES, DetectorCard
+from .detector.physics import DetectorParams
+from .forward.charge import ChargePlan, expected_charge, plan_charge
 from .likelihood import LArPixReadout, LikelihoodConfig, hit_list_sizes, hits_to_table
-from .physics import DetectorParams
 
 #: Published split Student-t fit of muon segment dE/dx (DESIGN.md section 5), MeV/cm.
 MIP_PRIOR = {"loc": 1.874, "s_left": 0.1204, "s_right": 0.1058, "nu_left": 4.785, "nu_right": 2.073}
@@ -163,7 +163,7 @@ def stopping_tracks(segments: Segments, stopping_pdg: tuple[int, ...] = STOPPING
     larnd-sim write segments along the track); the model's latent end point
     (``end_shift_cm``) absorbs the error of that assumption within its prior.
     """
-    from .energy_loss import MUON_MASS_MEV, PION_MASS_MEV, PROTON_MASS_MEV
+    from .forward.energy_loss import MUON_MASS_MEV, PION_MASS_MEV, PROTON_MASS_MEV
 
     masses = {2212: PROTON_MASS_MEV, 13: MUON_MASS_MEV, 211: PION_MASS_MEV}
     track = _track_index(segments)
@@ -191,7 +191,7 @@ def stopping_dEdx(st: StoppingTracks, end_shift_cm, density: float):
     """Segment-averaged dE/dx (MeV/cm) of the stopping segments for end-point shifts (n,) cm:
     ``(T(R_far + d) - T(R_near + d)) / (R_far - R_near)``, T the CSDA kinetic energy at residual
     range R (:func:`lartpc_bayes.energy_loss.kinetic_energy_from_residual_range`)."""
-    from .energy_loss import kinetic_energy_from_residual_range
+    from .forward.energy_loss import kinetic_energy_from_residual_range
 
     seg = np.nonzero(st.track >= 0)[0]
     tr = st.track[seg]

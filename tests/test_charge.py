@@ -24,17 +24,17 @@ import numpy as np
 import pytest
 from scipy.special import ndtr
 
-from lartpc_bayes.charge import (
+from lartpc_bayes.data import make_segments
+from lartpc_bayes.detector import PARAM_NAMES, load_card
+from lartpc_bayes.detector.geometry import pixel_center
+from lartpc_bayes.detector.physics import DetectorParams, drift_velocity
+from lartpc_bayes.forward.charge import (
     drift_subpoints,
     expected_charge,
     plan_charge,
     produced_charge,
     segment_steps,
 )
-from lartpc_bayes.data import make_segments
-from lartpc_bayes.detector import PARAM_NAMES, load_card
-from lartpc_bayes.geometry import pixel_center
-from lartpc_bayes.physics import DetectorParams, drift_velocity
 
 CARD = load_card("module0")
 TPC0 = CARD.geometry.tpcs[0]

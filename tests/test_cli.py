@@ -10,7 +10,7 @@ import pytest
 
 from lartpc_bayes.cli import main
 from lartpc_bayes.detector import load_card
-from lartpc_bayes.generator import generate
+from lartpc_bayes.forward.generator import generate
 from lartpc_bayes.io import read_hits, write_segments
 
 SUMMARY = re.compile(
@@ -74,9 +74,9 @@ def test_fit_and_check_smoke(tmp_path, capsys):
     loads, holds the groups the issue asks for, and the report names every free parameter."""
     import jax
 
-    from lartpc_bayes.physics import nominal_params
+    from lartpc_bayes.detector.physics import nominal_params
+    from lartpc_bayes.forward.simulate import simulate_hits
     from lartpc_bayes.results import load_datatree
-    from lartpc_bayes.simulate import simulate_hits
 
     card = load_card("module0")
     seg = generate(card, "muons", 1, 101)

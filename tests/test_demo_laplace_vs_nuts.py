@@ -12,7 +12,7 @@ import pytest
 
 from lartpc_bayes.calibrate import DEMO_TARGET, demo_sample
 from lartpc_bayes.detector import PARAM_NAMES
-from lartpc_bayes.inference import run_laplace, run_nuts
+from lartpc_bayes.infer import run_laplace, run_nuts
 from lartpc_bayes.model import build_problem
 
 

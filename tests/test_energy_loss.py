@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from lartpc_bayes import energy_loss as el
+from lartpc_bayes.forward import energy_loss as el
 
 # NIST PSTAR CSDA ranges of protons in argon, g/cm^2 (kinetic energy MeV -> range), as tabulated in
 # LArSoft larreco TrackMomentumCalculator.cxx (source: FNAL docdb 1696, "Stopping protons").

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from scipy.integrate import quad
 
-from lartpc_bayes import energy_loss as el
-from lartpc_bayes import generator as gen
+from lartpc_bayes.forward import energy_loss as el
+from lartpc_bayes.forward import generator as gen
 from lartpc_bayes.data import Segments, make_segments
 from lartpc_bayes.detector import load_card
-from lartpc_bayes.geometry import drift_distance, tpc_of_points
+from lartpc_bayes.detector.geometry import drift_distance, tpc_of_points
 
 
 @pytest.fixture(scope="module")

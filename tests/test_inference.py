@@ -25,11 +25,11 @@ from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
 
 from lartpc_bayes.calibrate import DEMO_TARGET
 from lartpc_bayes.detector import PARAM_NAMES, load_card
-from lartpc_bayes.generator import SelectionCuts, generate
-from lartpc_bayes.inference import run_blackjax, run_laplace, run_nuts
+from lartpc_bayes.detector.physics import DetectorParams
+from lartpc_bayes.forward.generator import SelectionCuts, generate
+from lartpc_bayes.forward.simulate import simulate_hits
+from lartpc_bayes.infer import run_blackjax, run_laplace, run_nuts
 from lartpc_bayes.model import build_problem
-from lartpc_bayes.physics import DetectorParams
-from lartpc_bayes.simulate import simulate_hits
 
 CARD = load_card("module0")
 TRACK_SEED = 11
@@ -138,7 +138,7 @@ def test_importance_resample_corrects_a_too_narrow_gaussian():
     of a mean is ~0.03 sd, of an sd ~2 %; the tolerances are 5x that."""
     import jax.numpy as jnp
 
-    from lartpc_bayes.inference import importance_resample
+    from lartpc_bayes.infer import importance_resample
 
     def U(xs):
         return 0.5 * (xs[:, 0] ** 2 + xs[:, 1] ** 2 / 4.0)

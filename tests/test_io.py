@@ -12,7 +12,7 @@ import yaml
 import lartpc_bayes.io as lio
 from lartpc_bayes.data import Hits, Segments, make_segments
 from lartpc_bayes.detector import DetectorCard, card_to_dict, load_card, parse_card
-from lartpc_bayes.geometry import pixel_center, pixel_id, tpc_id_offsets
+from lartpc_bayes.detector.geometry import pixel_center, pixel_id, tpc_id_offsets
 from lartpc_bayes.io import (
     PACKET_DTYPE,
     SEGMENTS_DTYPE,

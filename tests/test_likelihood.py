@@ -25,20 +25,20 @@ import pytest
 from numpyro.infer import Predictive
 from numpyro.infer.util import log_density
 
-from lartpc_bayes.charge import expected_charge, plan_charge
 from lartpc_bayes.data import Hits
 from lartpc_bayes.detector import PARAM_NAMES, load_card
-from lartpc_bayes.generator import generate
+from lartpc_bayes.detector.physics import DetectorParams
+from lartpc_bayes.forward.charge import expected_charge, plan_charge
+from lartpc_bayes.forward.generator import generate
+from lartpc_bayes.forward.simulate import simulate_hits
 from lartpc_bayes.likelihood import (
     LArPixReadout,
     LikelihoodConfig,
     hits_to_table,
     table_to_hits,
 )
+from lartpc_bayes.likelihood.readout_prob import hit_log_intensity, readout_tensors
 from lartpc_bayes.model import build_problem, calibration_model, latent_segments
-from lartpc_bayes.physics import DetectorParams
-from lartpc_bayes.readout_prob import hit_log_intensity, readout_tensors
-from lartpc_bayes.simulate import simulate_hits
 
 CARD = load_card("module0")
 EL = CARD.electronics

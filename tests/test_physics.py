@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from lartpc_bayes.detector import MODELS_DIR, PARAM_NAMES, CardError, load_card, parse_card
-from lartpc_bayes.physics import (
+from lartpc_bayes.detector.physics import (
     DetectorParams,
     birks_recombination,
     box_recombination,

@@ -29,7 +29,7 @@ from scipy import stats
 from scipy.special import ndtr
 
 from lartpc_bayes.detector import load_card
-from lartpc_bayes.readout import adc_bin_edges, adc_to_charge, digitize, simulate_channels
+from lartpc_bayes.forward.readout import adc_bin_edges, adc_to_charge, digitize, simulate_channels
 
 CARD = load_card("module0")
 EL = CARD.electronics

@@ -39,8 +39,8 @@ from jax.scipy.special import logsumexp
 from scipy import stats
 
 from lartpc_bayes.detector import load_card
-from lartpc_bayes.readout import adc_to_charge, simulate_channels
-from lartpc_bayes.readout_prob import (
+from lartpc_bayes.forward.readout import adc_to_charge, simulate_channels
+from lartpc_bayes.likelihood.readout_prob import (
     N_NODES,
     hit_log_intensity,
     lag_geometry,
@@ -423,7 +423,7 @@ def test_intensity_continues_past_the_window_edges():
     The continuation is exact for the first reset row on a plateau and drops only rows re-armed
     after the window end, so the two windows agree to well under the 10 nats of a floor jump
     (measured 0.02-0.2); farther than EDGE_TICKS from the window the floor still applies."""
-    from lartpc_bayes.readout_prob import EDGE_TICKS, LOG_ZERO
+    from lartpc_bayes.likelihood.readout_prob import EDGE_TICKS, LOG_ZERO
 
     w = 64
     shapes = {  # plateau below threshold (noise), and a step above it (a real hit then noise)

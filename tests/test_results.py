@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from lartpc_bayes import plots
+from lartpc_bayes.results import plots
 from lartpc_bayes import results as R
 from lartpc_bayes.detector import PARAM_NAMES, load_card
-from lartpc_bayes.generator import generate
-from lartpc_bayes.inference import FitResult
+from lartpc_bayes.forward.generator import generate
+from lartpc_bayes.infer import FitResult
 from lartpc_bayes.model import build_problem
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -361,9 +361,9 @@ def test_plots_write_png(full_dt, card, tmp_path):
 def real(card, segments):
     import jax
 
-    from lartpc_bayes.inference import predictive_hits, run_svi
-    from lartpc_bayes.physics import DetectorParams
-    from lartpc_bayes.simulate import simulate_hits
+    from lartpc_bayes.detector.physics import DetectorParams
+    from lartpc_bayes.forward.simulate import simulate_hits
+    from lartpc_bayes.infer import predictive_hits, run_svi
 
     nom = card.nominal()
     hits, _ = simulate_hits(jax.random.key(1), card, segments, DetectorParams.from_dict(nom))

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from lartpc_bayes import validate as V
+from lartpc_bayes.validation import campaign as V
 
 CI = V.with_replicas(V.PRESETS["ci-sbc"], 3)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..validate import DEFAULT_ROOT, LaplaceFitter, _atomic_write_json, versions
+from .campaign import DEFAULT_ROOT, LaplaceFitter, _atomic_write_json, versions
 
 #: the documented problem of docs/inference.md: two muons (generator seed 3) at > 60 degrees to
 #: the drift axis, 18.7 cm after the drift-window cut, the demo target
@@ -26,7 +26,7 @@ DOC_TRACKS = {"sample": "muons", "n_tracks": 2, "seed": 3, "min_angle_deg": 60.0
 def _card_and_tracks(n_tracks: int = 2, seed: int = 3, min_angle_deg: float = 60.0,
                      sample: str = "muons"):
     from ..detector import load_card
-    from ..generator import SelectionCuts, generate
+    from ..forward.generator import SelectionCuts, generate
 
     card = load_card("module0")
     seg = generate(card, sample, n_tracks, seed,
@@ -36,7 +36,7 @@ def _card_and_tracks(n_tracks: int = 2, seed: int = 3, min_angle_deg: float = 60
 
 def _params(card, values: dict[str, float]):
     from ..detector import PARAM_NAMES
-    from ..physics import DetectorParams
+    from ..detector.physics import DetectorParams
 
     full = {**card.nominal(), **values}
     return DetectorParams(*(float(full[p]) for p in PARAM_NAMES))
@@ -54,10 +54,10 @@ def posterior_vs_hessian(root: str | Path = DEFAULT_ROOT, *, draws: int = 200, w
     import jax
 
     from ..calibrate import DEMO_TARGET, calibrate
+    from ..forward.simulate import simulate_hits
     from ..likelihood import LikelihoodConfig
     from ..model import build_problem
     from ..results import correlation_matrix, hessian_correlation, latent_truth, save_datatree
-    from ..simulate import simulate_hits
 
     card, seg = _card_and_tracks()
     hits, _ = simulate_hits(jax.random.key(seed), card, seg, _params(card, DEMO_TARGET))
@@ -132,9 +132,9 @@ def robustness(root: str | Path = DEFAULT_ROOT, *, n_seeds: int = 4, seed0: int 
     from ..calibrate import DEMO_TARGET
     from ..data import Segments
     from ..detector import PARAM_NAMES
+    from ..forward.simulate import simulate_hits
     from ..likelihood import LikelihoodConfig, hits_to_table
     from ..model import build_problem
-    from ..simulate import simulate_hits
 
     card, mu = _card_and_tracks(n_tracks=n_tracks, seed=track_seed)
     _, pi_all = _card_and_tracks(n_tracks=4, seed=7, sample="pions")
@@ -231,10 +231,10 @@ def _nll_parts_fn(problem):
     import jax
     import jax.numpy as jnp
 
+    from ..detector.physics import DetectorParams
     from ..likelihood import log_likelihood
+    from ..likelihood.readout_prob import readout_tensors
     from ..model import _expected_charge
-    from ..physics import DetectorParams
-    from ..readout_prob import readout_tensors
 
     card, plan, cfg = problem.card, problem.plan, problem.likelihood
     el = card.electronics
@@ -262,9 +262,9 @@ def _analytic_fn(problem, theta0, dEdx_seg, wmin: float = 1e-7):
     import jax
     import jax.numpy as jnp
 
+    from ..detector.physics import DetectorParams
+    from ..likelihood.readout_prob import hit_log_intensity, readout_tensors
     from ..model import _expected_charge
-    from ..physics import DetectorParams
-    from ..readout_prob import hit_log_intensity, readout_tensors
 
     card, plan, cfg = problem.card, problem.plan, problem.likelihood
     el = card.electronics
@@ -316,10 +316,10 @@ def nll_scans(root: str | Path = DEFAULT_ROOT, *, n_data: int = 8, n_points: int
     import jax
 
     from ..detector import PARAM_NAMES
+    from ..detector.physics import DetectorParams
+    from ..forward.simulate import simulate_hits
     from ..likelihood import LArPixReadout, LikelihoodConfig, hits_to_table
     from ..model import _expected_charge, build_problem
-    from ..physics import DetectorParams
-    from ..simulate import simulate_hits
 
     card, seg = _card_and_tracks()
     nom = card.nominal()
@@ -425,10 +425,10 @@ def dedx_only(root: str | Path = DEFAULT_ROOT, *, lengths=(0.4, 1.0, 2.0, 5.0),
     import jax
 
     from ..detector import PARAM_NAMES
+    from ..forward.simulate import simulate_hits
     from ..likelihood import LikelihoodConfig, hits_to_table
     from ..model import build_problem
     from ..results import latent_truth
-    from ..simulate import simulate_hits
 
     card, seg = _card_and_tracks(n_tracks=1, seed=2)
     nom = card.nominal()
@@ -491,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in args.names:
         t0 = time.perf_counter()
         if n == "hessian":
-            from ..inference import set_host_devices
+            from ..infer import set_host_devices
 
             set_host_devices(2)
             posterior_vs_hessian(args.root)

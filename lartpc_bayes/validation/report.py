@@ -312,7 +312,7 @@ def make_report(root: str | Path = "docs/validation",
     """Write every figure and ``root/tables.md`` from the data present, and replace the block
     between the ``validation-tables`` markers of ``doc`` (if present) with the same tables;
     return the tables."""
-    from ..validate import PRESETS, collect
+    from .campaign import PRESETS, collect
 
     root, figdir = Path(root), Path(figdir)
     figdir.mkdir(parents=True, exist_ok=True)

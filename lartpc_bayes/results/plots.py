@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
 
-from .detector import DetectorCard
+from ..detector import DetectorCard
 
 TRUTH_COLOR = "#d62728"
 
@@ -40,7 +40,7 @@ def _style():
 
 
 def _label(dt: xr.DataTree, p: str) -> str:
-    from .results import _param_units
+    from .core import _param_units
 
     u = _param_units(dt).get(p, "")
     return f"{p} [{u}]" if u and u != "1" else p
@@ -61,7 +61,7 @@ def plot_pair(dt: xr.DataTree, path: str | Path) -> Path:
     the diagonal, divergences highlighted when sampler stats exist; true values as red lines."""
     import arviz_plots as azp
 
-    from .results import param_names, truth_values
+    from .core import param_names, truth_values
 
     names = param_names(dt)
     n = len(names)
@@ -107,7 +107,7 @@ def plot_trace(dt: xr.DataTree, path: str | Path) -> Path:
     """Trace plot (arviz_plots.plot_trace_dist) of the free calibration parameters."""
     import arviz_plots as azp
 
-    from .results import param_names, truth_values
+    from .core import param_names, truth_values
 
     names = param_names(dt)
     truth = truth_values(dt)
@@ -137,7 +137,7 @@ def plot_trace(dt: xr.DataTree, path: str | Path) -> Path:
 
 def plot_correlations(dt: xr.DataTree, path: str | Path) -> Path:
     """Posterior correlation and Hessian pseudo-correlation heatmaps side by side."""
-    from .results import correlation_matrix, hessian_correlation
+    from .core import correlation_matrix, hessian_correlation
 
     corr = correlation_matrix(dt)
     hc = hessian_correlation(dt)
@@ -172,8 +172,8 @@ def plot_ppc(dt: xr.DataTree, card: DetectorCard | None, path: str | Path) -> Pa
     charge spectrum (ke-) observed vs the replicas' 16-84 % band and median; first-hit tick
     residual (observed - predictive mean) per hit channel with the predictive sd; hits per
     channel observed vs predictive."""
-    from .readout import adc_to_charge
-    from .results import (
+    from ..forward.readout import adc_to_charge
+    from .core import (
         _adc_hist,
         _first_tick,
         _hits_per_channel,

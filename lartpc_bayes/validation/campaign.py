@@ -165,8 +165,8 @@ PRESETS: dict[str, CampaignConfig] = {
 
 def campaign_segments(cfg: CampaignConfig):
     """The (fixed) generated tracks of a campaign."""
-    from .detector import load_card
-    from .generator import SelectionCuts, generate
+    from ..detector import load_card
+    from ..forward.generator import SelectionCuts, generate
 
     card = load_card(cfg.detector)
     seg = generate(
@@ -183,7 +183,7 @@ def campaign_segments(cfg: CampaignConfig):
 
 def fixed_values(cfg: CampaignConfig, card) -> dict[str, float]:
     """Values of the parameters that are not free: ``cfg.fixed`` or the card's nominal."""
-    from .detector import PARAM_NAMES
+    from ..detector import PARAM_NAMES
 
     given = dict(cfg.fixed)
     nom = card.nominal()
@@ -207,7 +207,7 @@ class LaplaceFitter:
         from numpyro.distributions.transforms import biject_to
         from numpyro.infer.util import potential_energy
 
-        from .model import calibration_model
+        from ..model import calibration_model
 
         self.problem = problem
         self.gtol, self.newton_steps = gtol, newton_steps
@@ -265,7 +265,7 @@ class LaplaceFitter:
         """Unconstrained draws (n, dim) -> physical free parameters and dE/dx (MeV/cm)."""
         import jax.numpy as jnp
 
-        from .model import dEdx_from_z
+        from ..model import dEdx_from_z
 
         xs = np.asarray(xs)
         out = {p: np.asarray(b(jnp.asarray(xs[:, i], jnp.float32)), np.float64)
@@ -327,7 +327,7 @@ class LaplaceFitter:
         (``nu`` degrees of freedom, the Laplace location and covariance), Pareto-smoothed
         importance weights p/q (arviz-stats PSIS, with its k-hat diagnostic), resampled
         (systematic) to ``num_draws`` equally weighted draws."""
-        from .inference import importance_resample
+        from ..infer import importance_resample
 
         return importance_resample(lambda xs: self._U_batch(xs, tb), x.astype(np.float64), cov,
                                    rng, num_draws, n_proposal, nu)
@@ -450,8 +450,8 @@ _CONTEXTS: dict[CampaignConfig, CampaignContext] = {}
 def _max_hits_for(plan, tables: Iterable[np.ndarray], margin: float, slots: int
                   ) -> tuple[int, ...]:
     """Static PPP hit-list sizes that hold ``margin`` times the most hits seen in ``tables``."""
-    from .charge import padded_size
-    from .likelihood import _split
+    from ..forward.charge import padded_size
+    from ..likelihood.point_process import _split
 
     counts = None
     for t in tables:
@@ -470,8 +470,8 @@ def context(cfg: CampaignConfig) -> CampaignContext:
         return _CONTEXTS[cfg]
     import jax
 
-    from .likelihood import LikelihoodConfig
-    from .model import build_problem
+    from ..likelihood import LikelihoodConfig
+    from ..model import build_problem
 
     t0 = time.perf_counter()
     card, seg = campaign_segments(cfg)
@@ -510,16 +510,16 @@ def _make_data(cfg, card, seg, problem, key, index):
     """(hit table, truth dict, truth dE/dx per latent, extra info) of one replica."""
     import jax
 
-    from .detector import PARAM_NAMES
-    from .likelihood import hits_to_table
-    from .physics import DetectorParams
-    from .results import latent_truth
+    from ..detector import PARAM_NAMES
+    from ..detector.physics import DetectorParams
+    from ..likelihood import hits_to_table
+    from ..results import latent_truth
 
     fixed = fixed_values(cfg, card)
     if cfg.kind == "sbc":
         from numpyro.infer import Predictive
 
-        from .model import calibration_model
+        from ..model import calibration_model
 
         k1, _ = jax.random.split(key)
         out = Predictive(calibration_model, num_samples=1)(k1, problem, hits=None)
@@ -528,7 +528,7 @@ def _make_data(cfg, card, seg, problem, key, index):
         table = np.asarray(out["hits"])[0]
         return table, truth, truth_dEdx, {"n_outside": 0}
     # closure: uniform target over the card's ranges for the free parameters
-    from .simulate import simulate_hits
+    from ..forward.simulate import simulate_hits
 
     rng = np.random.default_rng([cfg.seed, index])
     truth = {p: float(rng.uniform(card.param(p).low, card.param(p).high)) for p in cfg.free}
@@ -875,7 +875,7 @@ def run_cli(args) -> int:
             df = collect(campaign_dir(cfg, args.root))
             print(f"{n}: {df['replica'].nunique() if len(df) else 0} replicas collected")
         return 0
-    from .validation.report import make_report
+    from .report import make_report
 
     print(make_report(args.root, args.figures, args.doc))
     return 0

@@ -36,8 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import erfc, log_ndtr, logsumexp
 
-from .detector import Electronics
-from .readout import adc_bin_edges
+from ..detector import Electronics
+from ..forward.readout import adc_bin_edges
 
 #: Default number of Gauss-Hermite nodes over the reset noise (accuracy measured in the tests).
 N_NODES = 8

@@ -34,7 +34,7 @@ import pandas as pd
 import xarray as xr
 import yaml
 
-from .detector import PARAM_NAMES, DetectorCard, card_to_dict, parse_card
+from ..detector import PARAM_NAMES, DetectorCard, card_to_dict, parse_card
 
 #: Results-file format tag and version, stored as root attributes.
 FORMAT = "lartpc_bayes.posterior"
@@ -476,7 +476,7 @@ def _sanitize_hessian(corr_sd: tuple[np.ndarray, np.ndarray], scale: np.ndarray 
 def hessian_at_optimum(problem, map_values: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, str]:
     """:func:`lartpc_bayes.inference.hessian_pseudo_correlation` with NaN rows where the Hessian
     is not positive definite; returns (corr, sd, method) ready for ``to_datatree(hessian=...)``."""
-    from .inference import hessian_pseudo_correlation
+    from ..infer import hessian_pseudo_correlation
 
     corr, sd = hessian_pseudo_correlation(problem, map_values)
     return (*_sanitize_hessian((corr, sd)), "jax.hessian")
@@ -596,7 +596,7 @@ def ppc_checks(dt: xr.DataTree, card: DetectorCard | None = None, *, seed: int =
 
     If every replica equals the observed table, all p-values are 1 and all distances 0.
     """
-    from .readout import adc_to_charge
+    from ..forward.readout import adc_to_charge
 
     if "posterior_predictive" not in dt.children or "observed_data" not in dt.children:
         raise ValueError("need observed_data and posterior_predictive groups")

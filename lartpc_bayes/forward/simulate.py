@@ -16,10 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..data import Hits, Segments
+from ..detector import DetectorCard
+from ..detector.physics import DetectorParams
 from .charge import ChargePlan, expected_charge, plan_charge
-from .data import Hits, Segments
-from .detector import DetectorCard
-from .physics import DetectorParams
 from .readout import collect_hits, simulate_plan
 
 

@@ -24,8 +24,8 @@ import optax
 from numpyro.infer import MCMC, NUTS, SVI, Predictive, Trace_ELBO, autoguide, init_to_value
 from numpyro.infer.util import initialize_model
 
-from .detector import PARAM_NAMES
-from .model import LATENT_SITES, CalibrationProblem, calibration_model, dEdx_from_z
+from ..detector import PARAM_NAMES
+from ..model import LATENT_SITES, CalibrationProblem, calibration_model, dEdx_from_z
 
 GUIDES = ("normal", "lowrank", "laplace", "map")
 

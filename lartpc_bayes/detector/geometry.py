@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .detector import DetectorCard
+from .card import DetectorCard
 
 
 def tpc_pixel_counts(card: DetectorCard) -> np.ndarray:

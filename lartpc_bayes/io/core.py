@@ -104,9 +104,15 @@ import h5py
 import numpy as np
 import yaml
 
-from .data import Hits, Segments
-from .detector import CardError, DetectorCard, card_to_dict, parse_card
-from .geometry import pixel_from_id, pixel_id, pixel_in_range, tpc_id_offsets, tpc_pixel_counts
+from ..data import Hits, Segments
+from ..detector import CardError, DetectorCard, card_to_dict, parse_card
+from ..detector.geometry import (
+    pixel_from_id,
+    pixel_id,
+    pixel_in_range,
+    tpc_id_offsets,
+    tpc_pixel_counts,
+)
 
 __all__ = [
     "HITS_FORMAT_VERSION",

@@ -45,10 +45,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..data import Segments
+from ..detector import DetectorCard
+from ..detector.geometry import drift_distance
 from . import energy_loss as el
-from .data import Segments
-from .detector import DetectorCard
-from .geometry import drift_distance
 
 #: PDG codes and masses (MeV) of the samples.
 SAMPLE_PDG: dict[str, int] = {"muons": 13, "pions": 211, "protons": 2212}

@@ -21,7 +21,7 @@ import yaml
 PARAM_NAMES: tuple[str, ...] = ("A_B", "k_B", "E", "tau", "D_L", "D_T")
 
 #: Directory of the shipped cards (the repository's ``models/`` folder).
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 
 _AXES = {"x": 0, "y": 1, "z": 2}
 

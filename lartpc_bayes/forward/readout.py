@@ -30,9 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..data import Hits
+from ..detector import Electronics
 from .charge import ChargePlan
-from .data import Hits
-from .detector import Electronics
 
 
 def digitize(q_e, el: Electronics):

@@ -33,10 +33,10 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro.distributions import Distribution, constraints
 
-from .charge import ChargePlan
-from .data import Hits
-from .detector import Electronics
-from .readout import simulate_channels
+from ..data import Hits
+from ..detector import Electronics
+from ..forward.charge import ChargePlan
+from ..forward.readout import simulate_channels
 from .readout_prob import N_NODES, hit_log_intensity, readout_tensors, sequential_log_prob
 
 
@@ -126,7 +126,7 @@ def table_to_hits(plan: ChargePlan, table: np.ndarray) -> Hits:
 def hit_list_sizes(plan: ChargePlan, table: np.ndarray, margin: float = 2.0) -> tuple[int, ...]:
     """Static per-bucket sizes of the PPP's compacted hit list: ``margin`` times the observed hits
     (at least 16), rounded with :func:`lartpc_bayes.charge.padded_size`, at most the table size."""
-    from .charge import padded_size
+    from ..forward.charge import padded_size
 
     out = []
     for tb in _split(np.asarray(table), plan.buckets):

@@ -39,10 +39,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import ndtr
 
-from . import geometry as geo
-from .data import Segments
-from .detector import DetectorCard
-from .physics import (
+from ..data import Segments
+from ..detector import DetectorCard
+from ..detector import geometry as geo
+from ..detector.physics import (
     DetectorParams,
     diffusion_sigma,
     drift_velocity,
@@ -205,7 +205,7 @@ def max_subpoint_charge(
     segment (the charge grows with dE/dx although R falls), R at the largest A_B and E and the
     smallest k_B in the prior ranges, and no lifetime loss.
     """
-    from .physics import DetectorParams, recombination
+    from ..detector.physics import DetectorParams, recombination
 
     ranges = {s.name: (s.low, s.high) for s in card.params}
     corner = DetectorParams(

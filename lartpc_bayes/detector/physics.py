@@ -22,7 +22,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 from jax.scipy.special import ndtr
 
-from .detector import PARAM_NAMES, DetectorCard, Physics
+from .card import PARAM_NAMES, DetectorCard, Physics
 
 #: Walkowiak mobility coefficients a0..a5 (E in kV/cm, mu in cm^2/(kV us) after the 1e-3 factor).
 MOBILITY_A = (551.6, 7158.3, 4440.43, 4.29, 43.63, 0.2053)
