@@ -323,7 +323,7 @@ def test_atomic_write(tmp_path, card, segs, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(lio, "_write_truth", boom)
+    monkeypatch.setattr(lio.hits, "_write_truth", boom)
     with pytest.raises(RuntimeError, match="disk on fire"):
         write_hits(out, hits, card=card, segments=segs, seed=1)
     assert out.read_bytes() == before  # the existing output is untouched

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from lartpc_bayes.results import plots
 from lartpc_bayes import results as R
 from lartpc_bayes.detector import PARAM_NAMES, load_card
 from lartpc_bayes.forward.generator import generate
 from lartpc_bayes.infer import FitResult
 from lartpc_bayes.model import build_problem
+from lartpc_bayes.results import plots
+from lartpc_bayes.results.ppc import _two_sided_p
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -327,9 +328,9 @@ def test_ppc_detects_shifted_charge_and_missing_hits(full_dt, card):
 
 def test_two_sided_p_value():
     # P(T >= 4) = 1/4, P(T <= 4) = 1 -> 2 x 1/4
-    assert R._two_sided_p(np.array([1, 2, 3, 4]), 4) == 0.5
-    assert R._two_sided_p(np.array([1, 2, 3, 4]), 5) == 0.0
-    assert R._two_sided_p(np.array([2, 2, 2]), 2) == 1.0
+    assert _two_sided_p(np.array([1, 2, 3, 4]), 4) == 0.5
+    assert _two_sided_p(np.array([1, 2, 3, 4]), 5) == 0.0
+    assert _two_sided_p(np.array([2, 2, 2]), 2) == 1.0
 
 
 # ------------------------------------------------------------------------------------------------

@@ -25,6 +25,15 @@ import numpy as np
 import xarray as xr
 
 from ..detector import DetectorCard
+from .datatree import (
+    _param_units,
+    card_from_datatree,
+    correlation_matrix,
+    hessian_correlation,
+    param_names,
+    truth_values,
+)
+from .ppc import _adc_hist, _first_tick, _hits_per_channel, real_channels
 
 TRUTH_COLOR = "#d62728"
 
@@ -40,7 +49,6 @@ def _style():
 
 
 def _label(dt: xr.DataTree, p: str) -> str:
-    from .core import _param_units
 
     u = _param_units(dt).get(p, "")
     return f"{p} [{u}]" if u and u != "1" else p
@@ -61,7 +69,6 @@ def plot_pair(dt: xr.DataTree, path: str | Path) -> Path:
     the diagonal, divergences highlighted when sampler stats exist; true values as red lines."""
     import arviz_plots as azp
 
-    from .core import param_names, truth_values
 
     names = param_names(dt)
     n = len(names)
@@ -107,7 +114,6 @@ def plot_trace(dt: xr.DataTree, path: str | Path) -> Path:
     """Trace plot (arviz_plots.plot_trace_dist) of the free calibration parameters."""
     import arviz_plots as azp
 
-    from .core import param_names, truth_values
 
     names = param_names(dt)
     truth = truth_values(dt)
@@ -137,7 +143,6 @@ def plot_trace(dt: xr.DataTree, path: str | Path) -> Path:
 
 def plot_correlations(dt: xr.DataTree, path: str | Path) -> Path:
     """Posterior correlation and Hessian pseudo-correlation heatmaps side by side."""
-    from .core import correlation_matrix, hessian_correlation
 
     corr = correlation_matrix(dt)
     hc = hessian_correlation(dt)
@@ -173,13 +178,6 @@ def plot_ppc(dt: xr.DataTree, card: DetectorCard | None, path: str | Path) -> Pa
     residual (observed - predictive mean) per hit channel with the predictive sd; hits per
     channel observed vs predictive."""
     from ..forward.readout import adc_to_charge
-    from .core import (
-        _adc_hist,
-        _first_tick,
-        _hits_per_channel,
-        card_from_datatree,
-        real_channels,
-    )
 
     card = card or card_from_datatree(dt)
     el = card.electronics
