@@ -124,6 +124,7 @@ def readout_tensors(Q: jax.Array, el: Electronics, n_nodes: int = N_NODES, max_l
     x, logw = hermite_nodes(n_nodes)
     dtype = Q.dtype
     rho = jnp.asarray(x * el.reset_noise_e, dtype)
+    w = jnp.asarray(np.exp(logw), dtype)
     logw = jnp.asarray(logw, dtype)
     sig_e = max(float(np.hypot(el.uncorrelated_noise_e, el.discriminator_noise_e)), 1.0)
     thr = el.threshold_e
@@ -132,7 +133,7 @@ def readout_tensors(Q: jax.Array, el: Electronics, n_nodes: int = N_NODES, max_l
     s_idx = jnp.arange(L)
     d_idx = jnp.arange(LB)
     t_of = s_idx[:, None] + D1 + d_idx[None, :]  # (L, LB) tick of (row s, lag delta)
-    lag_ok = d_idx[None, :] < (L - s_idx)[:, None]
+    lag_okf = (d_idx[None, :] < (L - s_idx)[:, None]).astype(dtype)
     t_idx = jnp.arange(W)
     delta_of = t_idx[None, :] - s_idx[:, None] - D1  # (L, W) lag of tick t from row s
     dense_ok = (delta_of >= 0) & (delta_of < LB)
@@ -140,29 +141,32 @@ def readout_tensors(Q: jax.Array, el: Electronics, n_nodes: int = N_NODES, max_l
     def first_trigger(z, mask):
         # a trigger probability within Phi(-Z_CLIP) = 1e-19 of 0 or 1 is exact to float32
         log_stay, log_fire = log_stay_fire(z)
-        log_stay = jnp.where(mask, log_stay, 0.0)
+        log_stay = log_stay * mask  # masked ticks: stay with probability 1 (a multiply, no select)
         n = z.shape[-1]
         # inclusive cumulative sum as a triangular matmul: 4x faster than cumsum on XLA:CPU
         cum = log_stay @ jnp.triu(jnp.ones((n, n), z.dtype))
-        log_g = jnp.where(mask, cum - log_stay + log_fire, LOG_ZERO)
+        # masked entries get LOG_ZERO added (exp underflows to exactly 0, zero derivative)
+        log_g = cum - log_stay + log_fire + (1.0 - mask) * LOG_ZERO
         return log_g, cum[..., -1]
 
     def one(Qc):
         z0 = (rho[:, None] + Qc[None, :] - thr) / sig_e  # (K, W)
-        log_g0, log_S0 = first_trigger(z0, jnp.ones((1, W), bool))
+        log_g0, log_S0 = first_trigger(z0, jnp.ones((1, W), dtype))
+        f0 = w @ jnp.exp(log_g0)  # (W,) mixture over the nodes
         log_g0 = log_g0 + logw[:, None]
         log_S0 = log_S0 + logw
-        f0 = jnp.exp(logsumexp(log_g0, axis=0))  # (W,)
         if L == 0:
             return (log_g0, jnp.zeros((n_nodes, 0, 0), dtype), log_S0,
                     jnp.zeros((n_nodes, 0), dtype), f0, jnp.zeros(0, dtype))
         q_reset = Qc[s_idx + HR]  # (L,) charge lost at the reset of row s
         q_t = Qc[jnp.minimum(t_of, W - 1)]  # (L, LB)
-        z = (rho[:, None, None] + (q_t - q_reset[:, None])[None] - thr) / sig_e  # (K, L, L)
-        log_gl, log_Sl = first_trigger(z, lag_ok[None])
-        log_gl = log_gl + logw[:, None, None]
+        z = (rho[:, None, None] + (q_t - q_reset[:, None])[None] - thr) / sig_e  # (K, L, LB)
+        log_g, log_Sl = first_trigger(z, lag_okf[None])
+        # the node mixture as a weighted sum of exp (no logsumexp: the per-node values are at
+        # most 1, and exp(LOG_ZERO) = 0 exactly)
+        Gl = jnp.einsum("k,kld->ld", w, jnp.exp(log_g))  # (L, LB)
+        log_gl = log_g + logw[:, None, None]
         log_Sl = log_Sl + logw[:, None]
-        Gl = jnp.exp(logsumexp(log_gl, axis=0))  # (L, LB)
         Gd = jnp.where(dense_ok, Gl[s_idx[:, None], jnp.clip(delta_of, 0, LB - 1)], 0.0)  # (L, W)
 
         def slot(f, _):
@@ -252,7 +256,7 @@ def hit_log_intensity(
             delta = tc - s_idx - D1
             ok = (delta >= 0) & (delta < L - s_idx) & (delta < LB) & (tt >= 0)
             dc = jnp.clip(delta, 0, LB - 1)
-            lg = rt.log_gl[c][:, s_idx, dc]  # (K, L)
+            lg = rt.log_gl[c, :, s_idx, dc].T  # (K, L): one gather, no (K, L, LB) slab per hit
             mu = rho[:, None] + q_held - Qc[s_idx + HR][None, :]
             terms = lg + log_adc_prob(a, mu, el, mark) + rt.log_A[c][None, :]
             terms = jnp.where(ok[None, :], terms, LOG_ZERO)
@@ -299,7 +303,7 @@ def sequential_log_prob(
                 sc = jnp.clip(s, 0, L - 1)
                 delta = tt - s - D1
                 ok_later = (s >= 0) & (s < L) & (delta >= 0) & (delta < L - s) & (delta < LB)
-                lg_later = rt.log_gl[c][:, sc, jnp.clip(delta, 0, LB - 1)]
+                lg_later = rt.log_gl[c, :, sc, jnp.clip(delta, 0, LB - 1)]
                 q_reset = Qc[jnp.clip(s + HR, 0, W - 1)]
             else:
                 ok_later = jnp.array(False)
