@@ -147,16 +147,26 @@ def calibrate_file(
     seed: int = 0,
     plots: str | Path | None = None,
     progress: bool = True,
+    reco: dict | None = None,
 ) -> str:
-    """``lartpc-bayes fit``: calibrate a hit file (with its segments) and write the netCDF."""
-    from .io import read_hits
+    """``lartpc-bayes fit``: calibrate a hit file (with its segments) and write the netCDF.
+
+    Files without true segments (LArPix packets, ndlar_flow hits, hit files without
+    ``truth/segments``) and ``reco={"force": True, ...}`` go through the reconstruction
+    (:func:`lartpc_bayes.reco.fit.calibrate_data`; options in ``reco``: card, layout, t0,
+    geometry_latents, tpc_offset, reco_output, force).
+    """
     from .results import format_report, latent_truth, make_plots, save_datatree
 
-    hf = read_hits(hits_path)
-    if hf.segments is None:
-        raise ValueError(
-            f"{hits_path}: the hit file has no 'truth/segments'; the calibration needs "
-            "the track segments (reconstructed or true)"
+    reco = dict(reco or {})
+    hf = None if reco.pop("force", False) else _try_read_hits(hits_path)
+    if hf is None or hf.segments is None:
+        from .reco.fit import calibrate_data
+
+        return calibrate_data(
+            hits_path, output, method=method, fix=fix, latent_length_cm=latent_length_cm,
+            likelihood=likelihood, eps=eps, seed=seed, plots=plots, progress=progress,
+            draws=draws, warmup=warmup, chains=chains, steps=steps, ppc_draws=ppc_draws, **reco,
         )
     card = hf.card
     fixed = _parse_fix(list(fix or []), card, hf.true_params)
@@ -190,6 +200,20 @@ def calibrate_file(
     save_datatree(dt, output)
     make_plots(dt, Path(plots) if plots else Path(output).parent, Path(output).stem, card)
     return format_report(dt)
+
+
+def _try_read_hits(path: str | Path):
+    """The package's hit file, or None when ``path`` is another detector format (packets, flow)."""
+    import h5py
+
+    from .io import read_hits
+
+    try:
+        with h5py.File(path, "r") as f:
+            own = "format_version" in f.attrs and "hits" in f
+    except OSError:
+        own = True  # let read_hits name the problem
+    return read_hits(path) if own else None
 
 
 #: Demo sample: muons crossing the published drift window at more than this angle to the drift

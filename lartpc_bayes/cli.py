@@ -77,14 +77,18 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         batch_length_cm=args.batch_length,
         progress=not args.quiet,
     )
+    truth = {} if getattr(args, "no_truth", False) else {  # --no-truth: as a detector writes
+        "segments": segments, "true_dEdx": segments.dEdx, "true_params": params.to_dict(),
+        "seed": args.seed}
+    if getattr(args, "packets", None):
+        from .io import write_packets
+
+        write_packets(args.packets, hits, card)
     write_hits(
         args.output,
         hits,
         card=card,
-        segments=segments,
-        true_dEdx=segments.dEdx,
-        true_params=params.to_dict(),
-        seed=args.seed,
+        **truth,
         extra_attrs={
             "sample": args.sample if not args.segments else str(args.segments),
             "noise": int(not args.no_noise),
@@ -132,6 +136,9 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
 def _cmd_fit(args: argparse.Namespace) -> int:
     from .calibrate import calibrate_file
 
+    reco = {"force": args.reconstruct, "t0": _parse_t0(args.t0), "card": args.card,
+            "layout": args.layout, "geometry_latents": not args.no_geometry_latents,
+            "tpc_offset": args.tpc_drift_offset, "reco_output": args.reco_output}
     report = calibrate_file(
         args.hits,
         args.output,
@@ -148,8 +155,41 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         seed=args.seed,
         plots=args.plots,
         progress=not args.quiet,
+        reco=reco,
     )
     print(report)
+    return 0
+
+
+def _parse_t0(text: str) -> str | float:
+    if text in ("file", "crossing"):
+        return text
+    try:
+        return float(text)
+    except ValueError as exc:
+        raise ValueError(f"--t0 must be 'file', 'crossing' or a number (us), got {text!r}") from exc
+
+
+def _reco_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--t0", default="file", help="event t0: 'file' (trigger packets / flow event "
+                   "t0 / the hit file's event t = 0), 'crossing' (from anode-cathode-crossing "
+                   "tracks' drift-time span) or a number in us")
+    p.add_argument("--card", help="detector card for packets / flow files (default: the name "
+                   "stored in the file, else module0)")
+    p.add_argument("--layout", help="larnd-sim pixel layout YAML of a packets file")
+
+
+def _cmd_reconstruct(args: argparse.Namespace) -> int:
+    from .reco import load_data, reconstruct
+    from .reco.io import write_reco
+
+    data = load_data(args.data, args.card, layout=args.layout)
+    res = reconstruct(data.hits, data.card, t0=_parse_t0(args.t0), t0_source=data.t0_source)
+    write_reco(args.output, res, data.card)
+    a = res.attrs
+    print(f"{data.kind} {args.data}: {a['n_tracks']} tracks, {a['n_selected']} selected "
+          f"({a['n_stopping']} stopping), {a['n_segments']} segments, {a['length_cm']:.1f} cm; "
+          f"t0: {a['t0_source']} -> {args.output}")
     return 0
 
 
@@ -202,14 +242,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--step-cm", type=float, default=0.04, help="sub-point step, cm")
     s.add_argument("--batch-length", type=float, default=1000.0, help="cm of track per batch")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--no-truth", action="store_true",
+                   help="write the hit file as a detector would: no truth group")
+    s.add_argument("--packets", help="also write the hits as LArPix packets (HDF5) to this path")
     s.add_argument("-o", "--output", required=True, help="output hit file (HDF5)")
     s.set_defaults(func=_cmd_simulate)
 
     f = sub.add_parser("fit", help="calibrate: posterior of the six parameters from a hit file")
-    f.add_argument("hits", help="hit file written by 'simulate' (or the package's hit format)")
+    f.add_argument("hits", help="hit file (with or without truth), LArPix packets or "
+                   "ndlar_flow hits; files without true segments are reconstructed first")
     f.add_argument("-o", "--output", required=True, help="output netCDF (ArviZ DataTree)")
     _fit_args(f)
+    _reco_args(f)
+    f.add_argument("--reconstruct", action="store_true",
+                   help="reconstruct the tracks even when the file has true segments")
+    f.add_argument("--no-geometry-latents", action="store_true",
+                   help="fix the reconstructed geometry (no per-track offset latents)")
+    f.add_argument("--tpc-drift-offset", action="store_true",
+                   help="add a per-TPC drift offset latent (sd: card geometry.drift_offset_sd_cm)")
+    f.add_argument("--reco-output", help="also write the reconstructed segments (HDF5)")
     f.set_defaults(func=_cmd_fit)
+
+    r = sub.add_parser("reconstruct", help="hits/packets/flow -> reconstructed segments (HDF5)")
+    r.add_argument("data", help="hit file, LArPix packets or ndlar_flow file")
+    r.add_argument("-o", "--output", required=True, help="output HDF5")
+    _reco_args(r)
+    r.set_defaults(func=_cmd_reconstruct)
 
     c = sub.add_parser("check", help="diagnostics, posterior-predictive checks and plots")
     c.add_argument("result", help="netCDF written by 'fit' or 'demo'")

@@ -32,6 +32,7 @@ from .detector import PARAM_NAMES, DetectorCard
 from .detector.physics import DetectorParams
 from .forward.charge import ChargePlan, expected_charge, plan_charge
 from .likelihood import LArPixReadout, LikelihoodConfig, hit_list_sizes, hits_to_table
+from .reco.geometry import ProblemGeometry, apply_geometry
 
 #: Published split Student-t fit of muon segment dE/dx (DESIGN.md section 5), MeV/cm.
 MIP_PRIOR = {"loc": 1.874, "s_left": 0.1204, "s_right": 0.1058, "nu_left": 4.785, "nu_right": 2.073}
@@ -134,8 +135,8 @@ def latent_segments(
     return out, nxt
 
 
-#: latent sites besides the calibration parameters (MIP dE/dx, stopping end points)
-LATENT_SITES = ("z_dEdx", "end_shift_cm")
+#: latent sites besides the calibration parameters (MIP dE/dx, stopping end points, geometry)
+LATENT_SITES = ("z_dEdx", "end_shift_cm", "geo_z", "tpc_drift_offset_cm")
 
 #: rms of the latent end point of a stopping track along the track, cm: range straggling of a
 #: 200-500 MeV/c proton (~1.2 % of its 10-50 cm range, PDG "Passage of particles through matter"
@@ -226,6 +227,8 @@ class CalibrationProblem:
     n_outside: int = 0
     prior: dict[str, float] = field(default_factory=lambda: dict(MIP_PRIOR))
     stopping: StoppingTracks | None = None
+    #: reconstructed-track geometry (drift from measured time, geometry latents); None: fixed
+    geometry: ProblemGeometry | None = None
 
     @property
     def free(self) -> tuple[str, ...]:
@@ -243,6 +246,7 @@ def build_problem(
     step_cm: float = 0.04,
     min_charge_fraction: float = MIN_CHARGE_FRACTION,
     stopping_pdg: tuple[int, ...] = STOPPING_PDG,
+    geometry: ProblemGeometry | None = None,
 ) -> CalibrationProblem:
     """Plan the charge model for ``segments`` and arrange ``hits`` (if given) into the table.
 
@@ -257,7 +261,8 @@ def build_problem(
     if unknown:
         raise KeyError(f"cannot fix unknown parameter(s) {sorted(unknown)}; known: {PARAM_NAMES}")
     plan = plan_charge(card, segments, step_cm=step_cm,
-                       min_charge_e=min_charge_fraction * card.electronics.threshold_e)
+                       min_charge_e=min_charge_fraction * card.electronics.threshold_e,
+                       margin_cm=geometry.margin_cm if geometry is not None else 0.0)
     stopping = stopping_tracks(segments, stopping_pdg)
     s2l, n_lat = latent_segments(segments, latent_length_cm, mask=stopping.track < 0)
     table, n_out = (None, 0)
@@ -267,7 +272,7 @@ def build_problem(
         if not likelihood.max_hits:
             likelihood = replace(likelihood, max_hits=hit_list_sizes(plan, table))
     return CalibrationProblem(card, plan, s2l, n_lat, likelihood, fixed, table, n_out,
-                              stopping=stopping if stopping.n else None)
+                              stopping=stopping if stopping.n else None, geometry=geometry)
 
 
 def latent_scale(prior: dict[str, float]) -> float:
@@ -315,7 +320,10 @@ def calibration_model(problem: CalibrationProblem, hits=None):
         dEdx_seg = dEdx_seg.at[seg].set(val)
     dEdx_seg = jnp.maximum(dEdx_seg, 1e-3)
     params = DetectorParams(*(theta[p] for p in PARAM_NAMES))
-    charges = _expected_charge(problem.plan.device, dEdx_seg, params, card)
+    device = problem.plan.device
+    if problem.geometry is not None:  # reconstructed tracks / drift offsets (reco/geometry.py)
+        device = _geometry_device(problem, device, theta["E"])
+    charges = _expected_charge(device, dEdx_seg, params, card)
     numpyro.sample(
         "hits",
         LArPixReadout(
@@ -323,3 +331,19 @@ def calibration_model(problem: CalibrationProblem, hits=None):
         ),
         obs=hits,
     )
+
+
+def _geometry_device(problem: CalibrationProblem, device, E):
+    """Geometry sites (reco/geometry.py): per-track offsets ``geo_z`` ~ N(0, I_3) scaled by the
+    track fit's Cholesky factor (deterministic ``geo_shift_cm``, (T, 3) in (u, v, d) cm), and the
+    per-TPC drift offset ``tpc_drift_offset_cm`` ~ N(0, sd_card); drift from measured time."""
+    g = problem.geometry
+    shift = tpc = None
+    if g.n_tracks:
+        z = numpyro.sample("geo_z", dist.Normal(jnp.zeros((g.n_tracks, 3)), 1.0).to_event(2))
+        shift = numpyro.deterministic("geo_shift_cm", jnp.einsum("tij,tj->ti", jnp.asarray(
+            g.chol, z.dtype), z))
+    if g.tpc_offset_sd > 0:
+        with numpyro.plate("tpc", g.n_tpc):
+            tpc = numpyro.sample("tpc_drift_offset_cm", dist.Normal(0.0, g.tpc_offset_sd))
+    return apply_geometry(device, g, E, problem.card.physics.temperature_K, shift, tpc)

@@ -59,6 +59,9 @@ class Geometry:
     drift_axis: int  # 0, 1, 2 for x, y, z
     pixel_pitch_cm: float
     tpcs: tuple[TPC, ...]
+    #: optional key ``geometry.drift_offset_sd_cm`` (default 0.3 cm): prior sd of the optional
+    #: per-TPC drift-coordinate offset latent (lartpc_bayes.reco.geometry; issue 12 item 4)
+    drift_offset_sd_cm: float = 0.3
 
     @property
     def plane_axes(self) -> tuple[int, int]:
@@ -255,7 +258,11 @@ def parse_card(raw: Any, fname: str = "<card>") -> DetectorCard:
             lo.append(float(r[0]))
             hi.append(float(r[1]))
         tpcs.append(TPC(an, ca, (lo[0], lo[1]), (hi[0], hi[1])))
-    geometry = Geometry(_AXES[axis], pitch, tuple(tpcs))
+    dsd = g.get("drift_offset_sd_cm", 0.3)
+    if isinstance(dsd, bool) or not isinstance(dsd, int | float) or not dsd > 0:
+        raise CardError(f"{fname}: key 'geometry.drift_offset_sd_cm' must be a positive number, "
+                        f"got {dsd!r}")
+    geometry = Geometry(_AXES[axis], pitch, tuple(tpcs), float(dsd))
 
     ph = _get(raw, "physics", "", fname, dict)
     rec = _get(ph, "recombination", "physics.", fname, str)
@@ -356,6 +363,7 @@ def card_to_dict(card: DetectorCard) -> dict[str, Any]:
                 }
                 for t in g.tpcs
             ],
+            "drift_offset_sd_cm": g.drift_offset_sd_cm,
         },
         "physics": dict(card.physics.__dict__),
         "electronics": dict(card.electronics.__dict__),

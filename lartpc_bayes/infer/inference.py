@@ -60,6 +60,11 @@ def nominal_init(problem: CalibrationProblem) -> dict[str, jnp.ndarray]:
         init["z_dEdx"] = jnp.zeros(problem.n_latent, jnp.float32)
     if problem.stopping is not None:
         init["end_shift_cm"] = jnp.zeros(problem.stopping.n, jnp.float32)
+    geo = getattr(problem, "geometry", None)  # geometry latents at the reconstructed tracks
+    if geo is not None and geo.n_tracks:
+        init["geo_z"] = jnp.zeros((geo.n_tracks, 3), jnp.float32)
+    if geo is not None and geo.tpc_offset_sd > 0:
+        init["tpc_drift_offset_cm"] = jnp.zeros(geo.n_tpc, jnp.float32)
     return init
 
 
