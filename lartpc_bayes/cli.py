@@ -292,8 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-q", "--quiet", action="store_true")
     d.set_defaults(func=_cmd_demo)
 
-    from .validation.campaign import add_arguments as validate_arguments
-    from .validation.campaign import run_cli as validate_run
+    from .validation.cli import add_arguments as validate_arguments
+    from .validation.cli import run_cli as validate_run
 
     v = sub.add_parser("validate", help="validation campaigns (SBC, closure) and their report")
     validate_arguments(v)
@@ -310,9 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     # parallel MCMC chains on CPU need host devices, which must be set before JAX starts
-    from .infer import set_host_devices
+    from .infer import enable_compilation_cache, set_host_devices
 
     set_host_devices()
+    # compiled executables persist across runs ($LARTPC_BAYES_CACHE_DIR=off disables)
+    enable_compilation_cache()
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "n_tracks", 1) is not None and getattr(args, "n_tracks", 1) < 1:

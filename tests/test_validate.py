@@ -3,13 +3,14 @@ executor), the full campaigns of docs/validation.md in the slow tier."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
-from lartpc_bayes.validation import campaign as V
+from lartpc_bayes import validation as V
 
 CI = V.with_replicas(V.PRESETS["ci-sbc"], 3)
 
@@ -52,7 +53,7 @@ def test_resume_only_runs_missing(campaign):
             assert p.stat().st_mtime_ns == mtimes[p.name]
     # a different configuration in the same directory is refused
     with pytest.raises(ValueError, match="different configuration"):
-        V.run_campaign(V.replace(CI, seed=99), out, progress=False)
+        V.run_campaign(dataclasses.replace(CI, seed=99), out, progress=False)
 
 
 def test_tidy_table(campaign):

@@ -1,34 +1,53 @@
-"""Model -> posterior: the MAP + Laplace fitter, SVI, NumPyro and BlackJAX NUTS, importance
-sampling.
+"""Model -> posterior: the one MAP + Laplace fitter (laplace: compiled once per problem shape, used
+by fit, demo and the campaigns), SVI and NumPyro / BlackJAX NUTS (samplers), what they share
+(common), and the persistent compilation cache (cache).
 """
 
 from __future__ import annotations
 
-from .inference import (
-    GUIDES,
+from .cache import (
+    CACHE_ENV,
+    cache_dir,
+    enable_compilation_cache,
+)
+from .common import (
     FitResult,
     cov_to_corr,
-    drift_field_scan,
     hessian_pseudo_correlation,
-    importance_resample,
     nominal_init,
     param_array,
     potential_and_transforms,
     predictive_hits,
     prior_samples,
-    run_blackjax,
+    set_host_devices,
+)
+from .laplace import (
+    STALL_TOL,
+    STALL_WINDOW,
+    LaplaceFitter,
+    drift_field_scan,
+    importance_resample,
     run_laplace,
+)
+from .samplers import (
+    GUIDES,
+    run_blackjax,
     run_map,
     run_nuts,
     run_svi,
-    set_host_devices,
 )
 
 __all__ = [
+    "CACHE_ENV",
     "GUIDES",
+    "STALL_TOL",
+    "STALL_WINDOW",
     "FitResult",
+    "LaplaceFitter",
+    "cache_dir",
     "cov_to_corr",
     "drift_field_scan",
+    "enable_compilation_cache",
     "hessian_pseudo_correlation",
     "importance_resample",
     "nominal_init",

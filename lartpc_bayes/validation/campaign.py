@@ -16,18 +16,19 @@ Two kinds of campaign:
   process (``LArPixReadout.sample``, the stochastic readout on the model's channels), so the
   posterior is exactly calibrated if the likelihood and the Laplace approximation are right.
 * ``closure`` -- targets drawn uniformly over the published ranges, data from the full stochastic
-  simulator (:func:`lartpc_bayes.simulate.simulate_hits`, realistic noise, hits on every pixel)
+  simulator (:func:`lartpc_bayes.forward.simulate.simulate_hits`, realistic noise, hits on every
+  pixel)
   with the generator's Landau-fluctuated dE/dx, all six parameters free with latent dE/dx.
 
 Why Laplace and not NUTS: NUTS costs about 450 s per 19 cm problem on this CPU (docs/inference.md)
 against a few seconds per replica here once compiled; its sd agreed with NUTS within 11 % on the
 documented problem, and the SBC below is itself the test of the approximation on the SBC problem.
 
-Why the fitter is here and not :func:`lartpc_bayes.inference.run_laplace`: ``run_laplace`` builds a
-new potential closure (and recompiles) per problem. Within a campaign the channel plan is the same
-for every replica, so :class:`LaplaceFitter` traces the hit table as an argument and compiles the
-L-BFGS loop and the Hessian once per worker. The constant term ``n_outside * log(eps)`` of hits
-outside the plan's channels does not depend on the parameters and is dropped.
+The fitter is the package's one MAP + Laplace fitter, :class:`lartpc_bayes.infer.LaplaceFitter`:
+within a campaign the channel plan is the same for every replica, and the fitter takes the hit
+table as an argument, so its L-BFGS loop and Hessian compile once per worker. The constant term
+``n_outside * log(eps)`` of hits outside the plan's channels does not depend on the parameters and
+is dropped.
 """
 
 from __future__ import annotations
@@ -35,8 +36,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
-import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -45,13 +44,11 @@ from typing import Any
 
 import numpy as np
 
+from ..infer.laplace import LaplaceFitter
+from .records import _atomic_write_json, load_records, versions
+
 #: ``docs/validation`` campaign data live beside the doc.
 DEFAULT_ROOT = Path("docs/validation")
-
-
-# --------------------------------------------------------------------------------------------
-# configuration
-# --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -118,6 +115,8 @@ class CampaignConfig:
 
 #: The campaigns of docs/validation.md (``lartpc-bayes validate run NAME``).
 _SBC3 = ("k_B", "tau", "D_L")
+
+
 PRESETS: dict[str, CampaignConfig] = {
     # reduced SBC problem: one 7.8 cm muon (generator seed 2) at > 60 deg to the drift axis,
     # 2 latents of 5 cm; three free parameters (the rest at nominal); Laplace + importance
@@ -158,11 +157,6 @@ PRESETS: dict[str, CampaignConfig] = {
 }
 
 
-# --------------------------------------------------------------------------------------------
-# problem and fitter
-# --------------------------------------------------------------------------------------------
-
-
 def campaign_segments(cfg: CampaignConfig):
     """The (fixed) generated tracks of a campaign."""
     from ..detector import load_card
@@ -188,246 +182,6 @@ def fixed_values(cfg: CampaignConfig, card) -> dict[str, float]:
     given = dict(cfg.fixed)
     nom = card.nominal()
     return {p: float(given.get(p, nom[p])) for p in PARAM_NAMES if p not in cfg.free}
-
-
-class LaplaceFitter:
-    """MAP (optax L-BFGS, compiled as one ``while_loop``) + exact-Hessian Laplace approximation
-    for one channel plan, with the observed hit table as a traced argument (compiled once).
-
-    The potential is NumPyro's ``potential_energy`` of :func:`lartpc_bayes.model.
-    calibration_model` in its unconstrained space (scaled logit of the uniform priors, the
-    non-centred latents as they are) -- the same potential as ``inference.run_laplace``.
-    """
-
-    def __init__(self, problem, *, maxiter: int = 400, gtol: float = 1e-3, newton_steps: int = 2):
-        import jax
-        import jax.numpy as jnp
-        import numpyro.distributions as dist
-        import optax
-        from numpyro.distributions.transforms import biject_to
-        from numpyro.infer.util import potential_energy
-
-        from ..model import calibration_model
-
-        self.problem = problem
-        self.gtol, self.newton_steps = gtol, newton_steps
-        self.free = problem.free
-        self.n_latent = problem.n_latent
-        self.n = len(self.free) + self.n_latent
-        card = problem.card
-        self._bij = [biject_to(dist.Uniform(card.param(p).low, card.param(p).high).support)
-                     for p in self.free]
-        nom = card.nominal()
-        x0 = [float(b.inv(jnp.asarray(nom[p], jnp.float32))) for p, b in
-              zip(self.free, self._bij, strict=True)]
-        self.x0 = jnp.asarray(x0 + [0.0] * self.n_latent, jnp.float32)
-        free, nfree = self.free, len(self.free)
-
-        def unravel(x):
-            d = {p: x[i] for i, p in enumerate(free)}
-            d["z_dEdx"] = x[nfree:]
-            return d
-
-        def U(x, table):
-            return potential_energy(calibration_model, (problem,), {"hits": table}, unravel(x))
-
-        opt = optax.lbfgs()
-
-        @jax.jit
-        def minimise(x0, table):
-            f = lambda x: U(x, table)  # noqa: E731
-            vg = optax.value_and_grad_from_state(f)
-
-            def step(carry):
-                x, state, _, _, it = carry
-                value, grad = vg(x, state=state)
-                upd, state = opt.update(grad, state, x, value=value, grad=grad, value_fn=f)
-                return optax.apply_updates(x, upd), state, value, jnp.linalg.norm(grad), it + 1
-
-            def cond(carry):
-                _, _, _, gnorm, it = carry
-                return (it < maxiter) & (gnorm >= gtol)
-
-            init = (x0, opt.init(x0), jnp.asarray(jnp.inf), jnp.asarray(jnp.inf), 0)
-            x, _, value, gnorm, it = jax.lax.while_loop(cond, step, init)
-            return x, value, gnorm, it
-
-        self._U = U
-        self._U_batch = jax.jit(
-            lambda xs, table: jax.lax.map(lambda x: U(x, table), xs, batch_size=64)
-        )
-        self._minimise = minimise
-        self._hessian = jax.jit(jax.hessian(U))
-        self._nuts = None
-        self._value_and_grad = jax.jit(jax.value_and_grad(U))
-
-    def to_physical(self, xs: np.ndarray) -> dict[str, np.ndarray]:
-        """Unconstrained draws (n, dim) -> physical free parameters and dE/dx (MeV/cm)."""
-        import jax.numpy as jnp
-
-        from ..model import dEdx_from_z
-
-        xs = np.asarray(xs)
-        out = {p: np.asarray(b(jnp.asarray(xs[:, i], jnp.float32)), np.float64)
-               for i, (p, b) in enumerate(zip(self.free, self._bij, strict=True))}
-        out["dEdx"] = np.asarray(dEdx_from_z(self.problem.prior, xs[:, len(self.free):]))
-        return out
-
-    def fit_nuts(self, table: np.ndarray, *, seed: int = 0, num_warmup: int = 300,
-                 num_draws: int = 1000, thin: int = 10) -> dict[str, Any]:
-        """BlackJAX NUTS (one chain, Stan window adaptation with a dense mass matrix) started at
-        the MAP, compiled once per fitter; the draws are thinned by ``thin`` (independent draws
-        for the ranks). Returns the Laplace fit's dict with the NUTS draws in ``draws``."""
-        import blackjax
-        import jax
-        import jax.numpy as jnp
-
-        lap = self.fit(table, seed=seed, num_draws=10)
-        if self._nuts is None:
-            U = self._U
-
-            @jax.jit
-            def run(key, x0, tb):
-                def logdensity(x):
-                    return -U(x, tb)
-
-                k1, k2 = jax.random.split(key)
-                adapt = blackjax.window_adaptation(
-                    blackjax.nuts, logdensity, is_mass_matrix_diagonal=False,
-                    target_acceptance_rate=0.85,
-                )
-                (state, params), _ = adapt.run(k1, x0, num_steps=num_warmup)
-                kernel = blackjax.nuts(logdensity, **params)
-
-                def step(st, kk):
-                    st, info = kernel.step(kk, st)
-                    return st, (st.position, info.is_divergent, info.num_integration_steps)
-
-                _, (pos, div, nst) = jax.lax.scan(step, state, jax.random.split(k2, num_draws))
-                return pos, div, nst
-
-            self._nuts = run
-        t0 = time.perf_counter()
-        pos, div, nst = self._nuts(jax.random.key(seed), jnp.asarray(lap["x_map"]),
-                                   jnp.asarray(table, jnp.int32))
-        pos = np.asarray(pos)[::thin]
-        out = dict(lap)
-        out["nuts_s"] = time.perf_counter() - t0
-        out["divergences"] = int(np.asarray(div).sum())
-        out["mean_steps"] = float(np.asarray(nst).mean())
-        out["draws"] = self.to_physical(pos)
-        out["ok"] = bool(np.all(np.isfinite(pos)))
-        if not out["ok"]:
-            out["error"] = "non-finite NUTS draws"
-        return out
-
-    def _importance(self, x, cov, tb, rng, num_draws: int, n_proposal: int = 4000,
-                    nu: float = 7.0):
-        """Laplace + importance sampling: ``n_proposal`` draws from a multivariate Student-t
-        (``nu`` degrees of freedom, the Laplace location and covariance), Pareto-smoothed
-        importance weights p/q (arviz-stats PSIS, with its k-hat diagnostic), resampled
-        (systematic) to ``num_draws`` equally weighted draws."""
-        from ..infer import importance_resample
-
-        return importance_resample(lambda xs: self._U_batch(xs, tb), x.astype(np.float64), cov,
-                                   rng, num_draws, n_proposal, nu)
-
-    def fit(self, table: np.ndarray, *, seed: int = 0, num_draws: int = 999,
-            importance: bool = False, n_proposal: int = 1500, e_scan: bool = False
-            ) -> dict[str, Any]:
-        """Fit one hit table. Returns MAP, Hessian, draws (physical) and convergence info.
-        ``importance``: correct the Laplace draws by importance sampling (:meth:`_importance`).
-        ``e_scan``: start at the best E of a grid (when E is free; see the code).
-
-        ``ok`` is False when the Hessian at the optimum is not finite or not positive definite
-        (no Laplace approximation exists there); the draws are then absent.
-        """
-        import jax.numpy as jnp
-
-        t0 = time.perf_counter()
-        tb = jnp.asarray(table, jnp.int32)
-        x0 = self.x0
-        if e_scan and "E" in self.free:
-            # E moves every arrival time: the potential along E has local minima a tick apart;
-            # start at the best E of a fine grid over its range (the other sites at the start
-            # values), evaluated with the batched potential (same shape as the IS proposal, so
-            # no extra compilation), as inference.drift_field_scan does
-            j = self.free.index("E")
-            spec = self.problem.card.param("E")
-            grid = np.linspace(spec.low, spec.high, n_proposal + 2)[1:-1]
-            xs = np.tile(np.asarray(x0), (n_proposal, 1))
-            xs[:, j] = np.asarray(self._bij[j].inv(jnp.asarray(grid, jnp.float32)))
-            vals = np.asarray(self._U_batch(jnp.asarray(xs, jnp.float32), tb))
-            vals = np.where(np.isfinite(vals), vals, np.inf)
-            x0 = jnp.asarray(xs[int(np.argmin(vals))], jnp.float32)
-        x, value, gnorm, it = self._minimise(x0, tb)
-        x = np.asarray(x)
-        t1 = time.perf_counter()
-        H = np.asarray(self._hessian(jnp.asarray(x), tb), np.float64)
-        # Newton polish: L-BFGS stalls on the stiff directions (E is known to 0.05 %); a few
-        # Newton steps with the exact Hessian, each accepted only if the potential decreases
-        newton = 0
-        for _ in range(self.newton_steps):
-            if not np.all(np.isfinite(H)):
-                break
-            Hs = 0.5 * (H + H.T)
-            ev = np.linalg.eigvalsh(Hs)
-            if ev.min() <= 0:
-                break
-            v, g = self._value_and_grad(jnp.asarray(x), tb)
-            g = np.asarray(g, np.float64)
-            if np.linalg.norm(g) < 0.1 * self.gtol:
-                break
-            dx = np.linalg.solve(Hs, g)
-            accepted = False
-            for a in (1.0, 0.5, 0.25):
-                xn = (x - a * dx).astype(x.dtype)
-                vn, gn = self._value_and_grad(jnp.asarray(xn), tb)
-                if np.isfinite(float(vn)) and float(vn) <= float(v) + 1e-6:
-                    x, value, gnorm = xn, vn, jnp.linalg.norm(gn)
-                    accepted = True
-                    break
-            if not accepted:
-                break
-            newton += 1
-            H = np.asarray(self._hessian(jnp.asarray(x), tb), np.float64)
-        t2 = time.perf_counter()
-        out: dict[str, Any] = {
-            "x_map": x,
-            "potential": float(value),
-            "grad_norm": float(gnorm),
-            "iterations": int(it),
-            "newton_steps": newton,
-            "map_s": t1 - t0,
-            "hessian_s": t2 - t1,
-            "ok": False,
-        }
-        if not np.all(np.isfinite(H)):
-            out["error"] = "hessian not finite"
-            return out
-        H = 0.5 * (H + H.T)
-        evals, evecs = np.linalg.eigh(H)
-        out["min_eigenvalue"] = float(evals.min())
-        if evals.min() > 0:
-            # distance to the optimum in posterior sd (Newton decrement): the convergence test;
-            # the float32 gradient norm has a noise floor on the stiff directions
-            g = np.asarray(self._value_and_grad(jnp.asarray(x), tb)[1], np.float64)
-            out["newton_decrement"] = float(np.sqrt(g @ ((evecs / evals) @ evecs.T) @ g))
-        if evals.min() <= 0:
-            out["error"] = f"hessian not positive definite (min eigenvalue {evals.min():.3g})"
-            return out
-        cov = (evecs / evals) @ evecs.T
-        rng = np.random.default_rng(seed)
-        if importance:
-            xs, info = self._importance(x, cov, tb, rng, num_draws, n_proposal)
-            out.update(info)
-        else:
-            xs = rng.multivariate_normal(x.astype(np.float64), cov, size=num_draws)
-        out["draws"] = self.to_physical(xs)
-        out["map"] = {k: v[0] for k, v in self.to_physical(x[None]).items()}
-        out["cov_unconstrained"] = cov
-        out["ok"] = True
-        return out
 
 
 @dataclass
@@ -540,32 +294,9 @@ def _make_data(cfg, card, seg, problem, key, index):
     return table, truth, truth_dEdx, {"n_outside": int(n_out), "n_hits_total": int(hits.n)}
 
 
-# --------------------------------------------------------------------------------------------
-# replicas
-# --------------------------------------------------------------------------------------------
-
-
 def replica_path(outdir: str | Path, index: int) -> Path:
     """Result file of replica ``index``."""
     return Path(outdir) / f"replica_{index:04d}.json"
-
-
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1, default=_json_default)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(type(o))
 
 
 def replica_key(cfg: CampaignConfig, index: int):
@@ -657,11 +388,6 @@ def _summarise(d: np.ndarray, truth: float, map_value: float) -> dict[str, float
     }
 
 
-# --------------------------------------------------------------------------------------------
-# campaign
-# --------------------------------------------------------------------------------------------
-
-
 def campaign_dir(cfg: CampaignConfig, root: str | Path = DEFAULT_ROOT) -> Path:
     """``root/<name>``: replica files and the campaign's ``config.json``."""
     return Path(root) / cfg.name
@@ -730,156 +456,7 @@ def run_campaign(
     return load_records(outdir)
 
 
-def load_records(outdir: str | Path) -> list[dict[str, Any]]:
-    """All replica records of a campaign directory, by index."""
-    files = sorted(Path(outdir).glob("replica_*.json"))
-    return [json.loads(f.read_text()) for f in files]
-
-
-def tidy_table(records: list[dict[str, Any]]):
-    """One row per (replica, parameter): truth, posterior summary, rank, PIT, pull, coverage,
-    timings and convergence (a pandas DataFrame)."""
-    import pandas as pd
-
-    rows = []
-    for r in records:
-        base = {
-            "campaign": r["campaign"],
-            "replica": r["index"],
-            "ok": r["ok"],
-            "converged": r["converged"],
-            "iterations": r["iterations"],
-            "grad_norm": r["grad_norm"],
-            "newton_decrement": r.get("newton_decrement", float("nan")),
-            "pareto_k": r.get("pareto_k", float("nan")),
-            "is_ess": r.get("is_ess", float("nan")),
-            "divergences": r.get("divergences", 0),
-            "n_hits": r["n_hits"],
-            "n_outside": r.get("n_outside", 0),
-            **{k: v for k, v in r["timings"].items()},
-        }
-        if not r["ok"]:
-            rows.append({**base, "param": "", "error": r["error"]})
-            continue
-        for name, s in r["params"].items():
-            rows.append({**base, "param": name, **s, "error": ""})
-    return pd.DataFrame(rows)
-
-
-def to_dataset(df):
-    """The tidy table as an xarray Dataset on (replica, param) for netCDF."""
-    d = df[df["param"] != ""].set_index(["replica", "param"])
-    return d.to_xarray()
-
-
-def collect(outdir: str | Path, *, write: bool = True):
-    """Gather a campaign's replica files into the tidy table; write ``results.csv`` and
-    ``results.nc`` beside them when ``write``. Returns the DataFrame."""
-    outdir = Path(outdir)
-    df = tidy_table(load_records(outdir))
-    if write and len(df):
-        df.to_csv(outdir / "results.csv", index=False)
-        try:
-            ds = to_dataset(df)
-            cfg = json.loads((outdir / "config.json").read_text())
-            ds.attrs["config"] = json.dumps(cfg["config"])
-            ds.attrs["versions"] = json.dumps(cfg.get("versions", {}))
-            for v in ds.data_vars:
-                if ds[v].dtype == object:
-                    ds[v] = ds[v].astype(str)
-            ds.to_netcdf(outdir / "results.nc", engine="h5netcdf")
-        except Exception as exc:  # the CSV is the primary record
-            print(f"netCDF not written: {exc}")
-    return df
-
-
-def versions() -> dict[str, str]:
-    """Versions of the packages and the platform a campaign ran with."""
-    import subprocess
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version(), "platform": platform.platform()}
-    try:
-        here = Path(__file__).resolve().parent
-        out["git_commit"] = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(here), "status", "--porcelain", "--", "."],
-            capture_output=True, text=True,
-        ).stdout.split("\n")
-        out["git_dirty_package_files"] = " ".join(x[3:] for x in dirty if x.strip())
-    except OSError:
-        pass
-    for pkg in ("lartpc_bayes", "jax", "jaxlib", "numpyro", "optax", "numpy", "arviz-base",
-                "arviz-stats", "arviz-plots", "simuk", "xarray", "pandas"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
 def with_replicas(cfg: CampaignConfig, n: int) -> CampaignConfig:
     """A copy of ``cfg`` with ``n`` replicas (same seeds: replica i is the same data set)."""
     return replace(cfg, n_replicas=n)
 
-
-# --------------------------------------------------------------------------------------------
-# command line
-# --------------------------------------------------------------------------------------------
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m lartpc_bayes.validate {run,collect,report} ...`` (also ``lartpc-bayes
-    validate``)."""
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="lartpc-bayes validate", description=__doc__.split("\n")[0])
-    add_arguments(ap)
-    return run_cli(ap.parse_args(argv))
-
-
-def add_arguments(ap) -> None:
-    """Arguments of the ``validate`` command (shared with :mod:`lartpc_bayes.cli`)."""
-    sub = ap.add_subparsers(dest="action", required=True)
-    r = sub.add_parser("run", help="run (or resume) campaigns and collect their tables")
-    r.add_argument("names", nargs="+", help=f"campaigns: {', '.join(PRESETS)} or 'all'")
-    r.add_argument("--replicas", type=int, default=None, help="override the replica count")
-    r.add_argument("--workers", type=int, default=1, help="spawned worker processes")
-    r.add_argument("--root", default=str(DEFAULT_ROOT), help="campaign data directory")
-    c = sub.add_parser("collect", help="gather replica files into results.csv/results.nc")
-    c.add_argument("names", nargs="+")
-    c.add_argument("--root", default=str(DEFAULT_ROOT))
-    p = sub.add_parser("report", help="tables and figures of docs/validation.md from the data")
-    p.add_argument("--root", default=str(DEFAULT_ROOT))
-    p.add_argument("--figures", default="docs/figures/validation")
-    p.add_argument("--doc", default="docs/validation.md",
-                   help="markdown file whose validation-tables block is regenerated")
-
-
-def run_cli(args) -> int:
-    """Execute parsed ``validate`` arguments."""
-    if args.action in ("run", "collect"):
-        names = list(PRESETS) if args.names == ["all"] else args.names
-        for n in names:
-            if n not in PRESETS:
-                raise SystemExit(f"unknown campaign {n!r}; known: {', '.join(PRESETS)}")
-            cfg = PRESETS[n]
-            if args.action == "run":
-                if args.replicas is not None:
-                    cfg = with_replicas(cfg, args.replicas)
-                t0 = time.perf_counter()
-                run_campaign(cfg, campaign_dir(cfg, args.root), workers=args.workers)
-                print(f"{n}: done in {time.perf_counter() - t0:.0f} s", flush=True)
-            df = collect(campaign_dir(cfg, args.root))
-            print(f"{n}: {df['replica'].nunique() if len(df) else 0} replicas collected")
-        return 0
-    from .report import make_report
-
-    print(make_report(args.root, args.figures, args.doc))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -16,7 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from .campaign import DEFAULT_ROOT, LaplaceFitter, _atomic_write_json, versions
+from ..infer.laplace import LaplaceFitter
+from .campaign import DEFAULT_ROOT
+from .records import _atomic_write_json, versions
 
 #: the documented problem of docs/inference.md: two muons (generator seed 3) at > 60 degrees to
 #: the drift axis, 18.7 cm after the drift-window cut, the demo target
@@ -102,7 +104,7 @@ def posterior_vs_hessian(root: str | Path = DEFAULT_ROOT, *, draws: int = 200, w
 def _laplace_fit(problem, table, seed: int, fitter_cache: dict, key) -> dict[str, Any]:
     if key not in fitter_cache:
         fitter_cache[key] = LaplaceFitter(problem, maxiter=400)
-    return fitter_cache[key].fit(table, seed=seed, num_draws=2000, e_scan=True)
+    return fitter_cache[key].fit(table, seed=seed, num_draws=2000, scan_E=True)
 
 
 def _with_max_hits(problem, table):

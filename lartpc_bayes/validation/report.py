@@ -1,8 +1,9 @@
 """Tables and figures of docs/validation.md from the campaign data in ``docs/validation/``.
 
-``lartpc-bayes validate report`` (or ``python -m lartpc_bayes.validate report``) reads whatever
-campaigns and checks have data, writes the PNG figures to ``docs/figures/validation/`` and the
-tables to ``docs/validation/tables.md`` (included by hand in docs/validation.md), and prints them.
+``lartpc-bayes validate report`` (or ``python -m lartpc_bayes.validation.cli report``) reads
+whatever campaigns and checks have data, writes the PNG figures to ``docs/figures/validation/``
+and the tables to ``docs/validation/tables.md`` (included by hand in docs/validation.md), and
+prints them.
 """
 
 from __future__ import annotations
@@ -312,7 +313,8 @@ def make_report(root: str | Path = "docs/validation",
     """Write every figure and ``root/tables.md`` from the data present, and replace the block
     between the ``validation-tables`` markers of ``doc`` (if present) with the same tables;
     return the tables."""
-    from .campaign import PRESETS, collect
+    from .campaign import PRESETS
+    from .records import collect
 
     root, figdir = Path(root), Path(figdir)
     figdir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,157 @@
+"""What every inference method shares: the FitResult container, start values, NumPyro's
+potential and transforms, the Hessian pseudo-correlation of talk 002 (computed the old way, for
+comparison), predictive and prior draws, and host-device setup for parallel chains.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+from numpyro.infer import Predictive, init_to_value
+from numpyro.infer.util import initialize_model
+
+from ..detector import PARAM_NAMES
+from ..model import LATENT_SITES, CalibrationProblem, calibration_model
+
+
+@dataclass
+class FitResult:
+    """Posterior draws (physical units) plus what produced them.
+
+    samples : site -> array (chains, draws, ...) for MCMC, (1, draws, ...) for SVI
+    stats   : sample-stat name -> (chains, draws) arrays (NUTS: diverging, energy, ...)
+    """
+
+    method: str
+    samples: dict[str, np.ndarray]
+    stats: dict[str, np.ndarray] = field(default_factory=dict)
+    map_values: dict[str, np.ndarray] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _model_kwargs(problem: CalibrationProblem) -> dict[str, Any]:
+    if problem.table is None:
+        raise ValueError("the problem has no observed hits (build it with hits=...)")
+    return {"hits": jnp.asarray(problem.table)}
+
+
+def nominal_init(problem: CalibrationProblem) -> dict[str, jnp.ndarray]:
+    """Initial values: the card's nominal parameters and dE/dx at the prior location."""
+    nom = problem.card.nominal()
+    init = {p: jnp.asarray(nom[p], jnp.float32) for p in problem.free}
+    if problem.n_latent:
+        init["z_dEdx"] = jnp.zeros(problem.n_latent, jnp.float32)
+    if problem.stopping is not None:
+        init["end_shift_cm"] = jnp.zeros(problem.stopping.n, jnp.float32)
+    geo = getattr(problem, "geometry", None)  # geometry latents at the reconstructed tracks
+    if geo is not None and geo.n_tracks:
+        init["geo_z"] = jnp.zeros((geo.n_tracks, 3), jnp.float32)
+    if geo is not None and geo.tpc_offset_sd > 0:
+        init["tpc_drift_offset_cm"] = jnp.zeros(geo.n_tpc, jnp.float32)
+    return init
+
+
+def potential_and_transforms(problem: CalibrationProblem, seed: int = 0, init: dict | None = None):
+    """(potential_fn on unconstrained dict, postprocess_fn, initial unconstrained point)."""
+    info, potential_fn, postprocess_fn, _ = initialize_model(
+        jax.random.key(seed),
+        calibration_model,
+        model_args=(problem,),
+        model_kwargs=_model_kwargs(problem),
+        init_strategy=init_to_value(values=init or nominal_init(problem)),
+    )
+    return potential_fn, postprocess_fn, info.z
+
+
+def hessian_pseudo_correlation(
+    problem: CalibrationProblem, map_values: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The Hessian "pseudo-correlation" of talk 002, computed the old way.
+
+    At the optimum, the negative log posterior is differentiated twice with respect to the free
+    calibration parameters in units of their nominal values (theta / theta_nominal), the dE/dx
+    latents held at their optimum; the inverse of that normalised Hessian is scaled to unit
+    diagonal. Returns (correlation, sd in physical units from the inverse Hessian).
+    """
+    from numpyro.infer.util import log_density
+
+    nom = problem.card.nominal()
+    free = problem.free
+    kw = _model_kwargs(problem)
+    base = {k: jnp.asarray(v) for k, v in map_values.items() if k in (*free, *LATENT_SITES)}
+
+    def nlp(x):
+        vals = dict(base)
+        for i, p in enumerate(free):
+            vals[p] = x[i] * nom[p]
+        ld, _ = log_density(calibration_model, (problem,), kw, vals)
+        return -ld
+
+    x0 = jnp.asarray([float(base[p]) / nom[p] for p in free])
+    H = np.asarray(jax.jit(jax.hessian(nlp))(x0), np.float64)
+    if not np.all(np.isfinite(H)):
+        raise FloatingPointError("the Hessian of the negative log posterior is not finite")
+    corr, sd_norm = cov_to_corr(np.linalg.pinv(0.5 * (H + H.T)))
+    return corr, sd_norm * np.array([nom[p] for p in free])
+
+
+def cov_to_corr(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(correlation, sd) of a covariance; NaN rows/columns where the variance is not > 0 (a
+    Hessian that is not positive definite along that parameter)."""
+    cov = np.asarray(cov, np.float64)
+    d = np.diag(cov)
+    ok = np.isfinite(d) & (d > 0)
+    sd = np.where(ok, np.sqrt(np.where(ok, d, 1.0)), np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return cov / np.outer(sd, sd), sd
+
+
+def predictive_hits(
+    problem: CalibrationProblem,
+    samples: dict[str, np.ndarray],
+    *,
+    seed: int = 0,
+    num_draws: int = 200,
+) -> np.ndarray:
+    """Posterior-predictive hit tables: parameters and dE/dx drawn from ``samples``, the
+    stochastic readout run once per draw. Returns (num_draws, channels, M, 2)."""
+    flat = {
+        k: np.asarray(v).reshape((-1, *np.asarray(v).shape[2:]))
+        for k, v in samples.items()
+        if k in (*problem.free, *LATENT_SITES)
+    }
+    n = next(iter(flat.values())).shape[0]
+    idx = np.random.default_rng(seed).choice(n, size=min(num_draws, n), replace=False)
+    sub = {k: jnp.asarray(v[idx]) for k, v in flat.items()}
+    pred = Predictive(
+        calibration_model, posterior_samples=sub, return_sites=["hits"], batch_ndims=1
+    )
+    return np.asarray(pred(jax.random.key(seed), problem, hits=None)["hits"])
+
+
+def prior_samples(
+    problem: CalibrationProblem, *, seed: int = 0, num_samples: int = 200
+) -> dict[str, np.ndarray]:
+    """Prior draws of the parameters, dE/dx and the prior-predictive hit table."""
+    pred = Predictive(calibration_model, num_samples=num_samples)
+    out = pred(jax.random.key(seed), problem, hits=None)
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def param_array(samples: dict[str, np.ndarray], names=PARAM_NAMES) -> np.ndarray:
+    """Stack the free calibration parameters present in ``samples``: (chains*draws, n)."""
+    cols = [np.asarray(samples[p]).reshape(-1) for p in names if p in samples]
+    return np.stack(cols, axis=1)
+
+
+def set_host_devices(n: int | None = None) -> None:
+    """Expose ``n`` (default: all cores) CPU devices for parallel chains; call before JAX starts."""
+    import os
+
+    numpyro.set_host_device_count(n or os.cpu_count() or 1)
