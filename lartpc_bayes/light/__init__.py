@@ -30,7 +30,7 @@ from .likelihood import (
     segment_points,
     simulate_light,
 )
-from .model import GAIN_SITE, fit_joint, joint_model, laplace_fit, segment_dEdx, traced_params
+from .model import GAIN_SITE, fit_joint, joint_model, segment_dEdx, traced_params
 from .scintillation import (
     EXCITATION_RATIO,
     W_PH_MEV,
@@ -78,7 +78,6 @@ __all__ = [
     "expected_pe",
     "fit_joint",
     "joint_model",
-    "laplace_fit",
     "library_loss",
     "load_library",
     "load_light_card",

@@ -18,16 +18,11 @@ copied, and a change there reaches the joint model.
 
 from __future__ import annotations
 
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
-import optax
-from numpyro.infer import init_to_value
-from numpyro.infer.util import initialize_model
 
 from ..detector import PARAM_NAMES, DetectorParams
 from ..model import CalibrationProblem, calibration_model, stopping_dEdx
@@ -101,81 +96,35 @@ def joint_model(problem: CalibrationProblem, light_plan: LightPlan, light_card: 
         raise ValueError(f"noise must be poisson or poisson_gaussian, got {noise!r}")
 
 
-def laplace_fit(model, model_args: tuple, model_kwargs: dict, init: dict, *, seed: int = 0,
-                maxiter: int = 400, num_samples: int = 2000, newton_steps: int = 12,
-                newton_tol: float = 1e-2, drop: tuple[str, ...] = ("hits", "light", "light_mu")
-                ) -> dict:
-    """MAP (optax L-BFGS, then damped Newton with the exact Hessian) and Laplace draws of any
-    NumPyro model, the algorithm of :func:`lartpc_bayes.infer.run_laplace` (whose Newton polish
-    it reuses) for a model other than the charge-only one.
-
-    Returns ``{"samples": site -> (draws, ...), "map": site -> value, "cov", "evals",
-    "newton_decrement", "fit_s"}``.
-    """
-    from jax.flatten_util import ravel_pytree
-
-    from ..infer.inference import _newton_polish
-
-    info, potential_fn, postprocess_fn, _ = initialize_model(
-        jax.random.key(seed), model, model_args=model_args, model_kwargs=model_kwargs,
-        init_strategy=init_to_value(values=init))
-    x0, unravel = ravel_pytree(info.z)
-
-    def f(x):
-        return potential_fn(unravel(x))
-
-    opt = optax.lbfgs()
-    vg = optax.value_and_grad_from_state(f)
-
-    @jax.jit
-    def step(x, state):
-        value, grad = vg(x, state=state)
-        updates, state = opt.update(grad, state, x, value=value, grad=grad, value_fn=f)
-        return optax.apply_updates(x, updates), state, value, jnp.linalg.norm(grad)
-
-    t0 = time.perf_counter()
-    x, state = x0, opt.init(x0)
-    values = []
-    for _ in range(maxiter):
-        x, state, value, gnorm = step(x, state)
-        values.append(float(value))
-        if float(gnorm) < 1e-3 or (len(values) > 10 and values[-11] - values[-1] < 1e-4):
-            break
-    x, H, newton = _newton_polish(f, x, newton_steps, newton_tol)
-    evals, evecs = np.linalg.eigh(H)
-    if not np.all(np.isfinite(H)) or evals.min() <= 0:
-        raise np.linalg.LinAlgError("the Hessian at the optimum is not positive definite")
-    cov = (evecs / evals) @ evecs.T
-    draws = np.random.default_rng(seed).multivariate_normal(np.asarray(x, np.float64), cov,
-                                                            size=num_samples)
-    con = jax.lax.map(lambda v: postprocess_fn(unravel(v)), jnp.asarray(draws, x.dtype),
-                      batch_size=128)
-    samples = {k: np.asarray(v) for k, v in con.items() if k not in drop}
-    map_values = {k: np.asarray(v) for k, v in postprocess_fn(unravel(x)).items()
-                  if k not in drop}
-    return {"samples": samples, "map": map_values, "cov": cov, "evals": evals,
-            "newton_decrement": newton["decrement"], "fit_s": time.perf_counter() - t0,
-            "iterations": len(values)}
-
-
 def fit_joint(problem: CalibrationProblem, light_plan: LightPlan, light_card: LightCard,
               light_pe: np.ndarray | None, *, use_light: bool = True, fit_gain: bool = False,
               seed: int = 0, num_samples: int = 2000, scan_E: bool = True) -> dict:
     """MAP + Laplace posterior of the charge model alone (``use_light=False``) or of the joint
     charge + light model, from the same start (E from the charge-only drift-field scan, as
-    :func:`lartpc_bayes.infer.run_laplace`)."""
-    from ..infer import drift_field_scan, nominal_init
+    :func:`lartpc_bayes.infer.run_laplace`), by :class:`lartpc_bayes.infer.LaplaceFitter` with the
+    joint model. Returns ``{"samples": site -> (draws, ...), "map": site -> value, "cov" (the
+    unconstrained Laplace covariance), "evals", "newton_decrement", "fit_s", "iterations"}``."""
+    from ..infer import LaplaceFitter, drift_field_scan, nominal_init
 
     init = nominal_init(problem)
     if scan_E:
         init = drift_field_scan(problem, init, seed=seed)
-    hits = jnp.asarray(problem.table)
     if not use_light:
-        return laplace_fit(calibration_model, (problem,), {"hits": hits}, init, seed=seed,
-                           num_samples=num_samples)
-    if fit_gain:
-        init = {**init, GAIN_SITE: jnp.asarray(light_card.gain_nominal, jnp.float32)}
-    return laplace_fit(
-        joint_model, (problem, light_plan, light_card),
-        {"hits": hits, "light": jnp.asarray(light_pe, jnp.float32), "fit_gain": fit_gain},
-        init, seed=seed, num_samples=num_samples)
+        model, kw = calibration_model, {}
+    else:
+        if fit_gain:
+            init = {**init, GAIN_SITE: jnp.asarray(light_card.gain_nominal, jnp.float32)}
+        model = joint_model
+        kw = {"light_plan": light_plan, "light_card": light_card,
+              "light": jnp.asarray(light_pe, jnp.float32), "fit_gain": fit_gain}
+    # the package's one MAP + Laplace fitter, on the joint model's potential
+    fitter = LaplaceFitter(problem, model=model, model_kwargs=kw, init=init, maxiter=400)
+    fit = fitter.fit(problem.table, seed=seed, num_draws=num_samples, scan_E=False)
+    if not fit["ok"]:
+        raise np.linalg.LinAlgError(fit.get("error", "Laplace fit failed"))
+    drop = ("hits", "light", "light_mu")
+    return {"samples": {k: v for k, v in fit["draws"].items() if k not in drop},
+            "map": {k: v for k, v in fit["map"].items() if k not in drop},
+            "cov": fit["cov_unconstrained"], "evals": fit["hessian_eigenvalues"],
+            "newton_decrement": fit["newton_decrement"], "fit_s": fit["map_s"] + fit["hessian_s"],
+            "iterations": fit["iterations"]}

@@ -1,6 +1,7 @@
 """The measurements of docs/light.md: SIREN against the library, SIREN trained on muon light with a
 changed attenuation length, and what light adds to the charge posterior. Each returns a dict of
-numbers (and optionally writes a figure); ``python -m lartpc_bayes.light.study OUTDIR`` runs all
+numbers (and optionally writes a figure);
+``python -m lartpc_bayes.validation.light_study OUTDIR`` runs all
 three at the documented sizes.
 """
 
@@ -14,9 +15,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from .card import LightCard, load_light_card
-from .library import build_library
-from .siren import (
+from ..light.card import LightCard, load_light_card
+from ..light.library import build_library
+from ..light.siren import (
     Siren,
     channel_mask,
     library_data,
@@ -51,7 +52,7 @@ def _figure_siren(card, lib, model, data, info, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .siren import predict
+    from ..light.siren import predict
 
     c = next(i for i, t in enumerate(card.tiles) if t.kind == "arclight" and t.tpc == 0)
     xyz, _ = lib.centres()
@@ -91,7 +92,7 @@ def siren_from_muons(card: LightCard, nominal: Siren, *, attenuation_cm: float =
     data = library_data(card, truth)
     idx = np.random.default_rng(seed).permutation(data.xyz.shape[0])[:20000]
     xyz, mask, vis = data.xyz[idx], data.mask[idx], data.vis[idx]
-    from .siren import compare
+    from ..light.siren import compare
 
     out = {"attenuation_truth_cm": attenuation_cm, "attenuation_nominal_cm": card.attenuation_cm,
            "n_events": n_events, "pe_per_event": float(events.pe.sum(1).mean()),
@@ -149,9 +150,9 @@ def what_light_adds(card: LightCard, *, length_cm: float = 6.5, latent_cm: float
     from ..detector import PARAM_NAMES, DetectorParams, load_card
     from ..forward.generator import SelectionCuts, generate
     from ..forward.simulate import simulate_hits
+    from ..light.likelihood import plan_light, simulate_light
+    from ..light.model import fit_joint
     from ..model import build_problem
-    from .likelihood import plan_light, simulate_light
-    from .model import fit_joint
 
     ccard = load_card(card.charge_card)
     seg = generate(ccard, "muons", 1, track_seed,
