@@ -10,7 +10,9 @@ reweighting: with weights ``w_i`` (pixel charge clipped at 3x the median, so del
 Bragg peak do not dominate) the line through the weighted centroid ``c`` along the leading
 eigenvector ``n`` of the weighted scatter matrix minimises ``sum_i w_i |r_i|^2``, ``r_i`` the
 perpendicular residual. Each iteration multiplies the weights by ``min(1, k s / |r_i|)``
-(k = 1.5, s = 1.4826 median |r_i|, floored at pitch/sqrt(12)/2). Covariances, with N_eff =
+(k = 1.5, s = 1.4826 median |r_i|, floored at pitch/sqrt(12)/2; the threshold k s is at least
+one pitch so that the charge-sharing neighbours keep their weight); the second half of the
+iterations also trims points farther than max(3 s, 2 pitch) (delta rays). Covariances, with N_eff =
 (sum w)^2 / sum w^2 and ``P = I - n n^T``:
 
 .. math:: \mathrm{Cov}(c_\perp) = \frac{s^2}{N_{eff}} P,\qquad
@@ -147,7 +149,7 @@ def fit_line(x: np.ndarray, w: np.ndarray, pitch: float, huber_k: float = 1.5,
     w_eff = w0.copy()
     floor = pitch / np.sqrt(12.0) / 2
     s_rob = floor
-    for _ in range(max(n_iter, 1)):
+    for it in range(max(n_iter, 1)):
         c = (w_eff[:, None] * x).sum(0) / w_eff.sum()
         y = x - c
         cov = (w_eff[:, None, None] * y[:, :, None] * y[:, None, :]).sum(0) / w_eff.sum()
@@ -156,7 +158,13 @@ def fit_line(x: np.ndarray, w: np.ndarray, pitch: float, huber_k: float = 1.5,
         s = y @ n
         r = np.linalg.norm(y - s[:, None] * n, axis=1)
         s_rob = max(1.4826 * float(np.median(r)), floor)
-        w_eff = w0 * np.minimum(1.0, huber_k * s_rob / np.maximum(r, 1e-12))
+        # pixels up to a pitch off the line carry the charge sharing that locates it: never
+        # down-weight them (the Huber threshold is at least one pitch)
+        w_eff = w0 * np.minimum(1.0, max(huber_k * s_rob, pitch) / np.maximum(r, 1e-12))
+        if it >= n_iter // 2:  # then trimmed: points beyond max(3 s, 2 pitch) are dropped
+            w_eff = np.where(r > max(3.0 * s_rob, 2.0 * pitch), 0.0, w_eff)
+            if w_eff.sum() <= 0:
+                w_eff = w0.copy()
     # orient along increasing drift distance (then by u) for a reproducible convention
     if n[2] < -1e-9 or (abs(n[2]) <= 1e-9 and n[0] < 0):
         n = -n

@@ -1,0 +1,152 @@
+"""Half-fake data validation (issue 13 item 4; talks 001/002): the same fake data fitted with
+(a) the true segments, (b) reconstructed segments with the geometry fixed, (c) reconstructed
+segments with geometry latents. One JSON per seed and fit (resumable). MAP + Laplace.
+
+``python -m lartpc_bayes.reco.halffake --seeds 0-19 --length 100 --out out/halffake``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..detector import PARAM_NAMES, load_card
+
+#: the three fits of the campaign
+FITS = ("a_true", "b_reco_fixed", "c_reco_latent")
+
+
+def make_data(seed: int, length_cm: float, min_angle_deg: float, detector: str = "module0"):
+    """Muons of >= ``length_cm`` in the published window at a random target; returns
+    (card, truth dict, segments, hits)."""
+    import jax
+
+    from ..detector.physics import DetectorParams
+    from ..forward.generator import SelectionCuts, generate
+    from ..forward.simulate import simulate_hits
+
+    card = load_card(detector)
+    rng = np.random.default_rng(1000 + seed)
+    truth = {}
+    for p in card.params:  # inner 80 % of every prior range
+        w = p.high - p.low
+        truth[p.name] = float(rng.uniform(p.low + 0.1 * w, p.high - 0.1 * w))
+    cuts = SelectionCuts(min_angle_to_drift_deg=min_angle_deg)
+    n = 4
+    while True:
+        segs = generate(card, "muons", n, seed, cuts=cuts)
+        if segs.dx.sum() >= length_cm:
+            break
+        n += 2
+    hits, _ = simulate_hits(jax.random.key(seed), card, segs, DetectorParams.from_dict(truth))
+    return card, truth, segs, hits
+
+
+def _summ(fit, problem, truth, t_s: float) -> dict:
+    out = {"time_s": t_s, "params": {}}
+    for p in problem.free:
+        x = np.asarray(fit.samples[p]).ravel()
+        out["params"][p] = {"mean": float(x.mean()), "sd": float(x.std()),
+                            "q05": float(np.quantile(x, 0.05)), "q95": float(np.quantile(x, 0.95)),
+                            "truth": truth[p]}
+    if "geo_shift_cm" in fit.samples:
+        g = np.asarray(fit.samples["geo_shift_cm"]).reshape(-1, problem.geometry.n_tracks, 3)
+        out["geo_shift_mean_cm"] = g.mean(0).tolist()
+        out["geo_shift_sd_cm"] = g.std(0).tolist()
+    return out
+
+
+def run_seed(seed: int, out: Path, length_cm: float, min_angle_deg: float,
+             fits: tuple[str, ...] = FITS) -> None:
+    from ..infer import run_laplace
+    from ..model import build_problem
+    from .fit import build_reco_problem
+    from .pipeline import reconstruct
+
+    todo = [f for f in fits if not (out / f"seed{seed:03d}_{f}.json").exists()]
+    if not todo:
+        return
+    card, truth, segs, hits = make_data(seed, length_cm, min_angle_deg)
+    res = reconstruct(hits, card)
+    meta = {"seed": seed, "length_true_cm": float(segs.dx.sum()),
+            "length_reco_cm": float(res.segments.dx.sum()), "n_reco_tracks": len(res.tracks),
+            "n_selected": res.attrs["n_selected"]}
+    for f in todo:
+        t0 = time.perf_counter()
+        try:
+            if f == "a_true":
+                prob = build_problem(card, segs, hits, latent_length_cm=5.0)
+            else:
+                prob = build_reco_problem(card, res, hits, geometry_latents=(f == "c_reco_latent"),
+                                          latent_length_cm=5.0)
+            fit = run_laplace(prob, seed=seed, num_samples=2000)
+            summ = _summ(fit, prob, truth, time.perf_counter() - t0)
+            rec = {**meta, "fit": f, "ok": True, **summ}
+        except Exception as exc:  # record failures, not only successes
+            rec = {**meta, "fit": f, "ok": False, "error": f"{type(exc).__name__}: {exc}",
+                   "time_s": time.perf_counter() - t0}
+        path = out / f"seed{seed:03d}_{f}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(rec, indent=1))
+        tmp.replace(path)
+        print(f"seed {seed} {f}: ok={rec['ok']} {rec['time_s']:.0f} s", flush=True)
+
+
+def summarize(out: Path) -> str:
+    """Markdown table: shift (b)-(a), (c)-(a) in sd of (a), sd ratio (c)/(a), 90 % coverage."""
+    recs: dict[int, dict[str, dict]] = {}
+    for p in sorted(out.glob("seed*_*.json")):
+        r = json.loads(p.read_text())
+        recs.setdefault(r["seed"], {})[r["fit"]] = r
+    full = [s for s, d in recs.items() if all(d.get(f, {}).get("ok") for f in FITS)]
+    failed = {f: sum(1 for d in recs.values() if f in d and not d[f]["ok"]) for f in FITS}
+    lines = [f"seeds with all three fits: {len(full)} (of {len(recs)} started); "
+             f"failed fits: {failed}", "",
+             "| param | shift (b)-(a) [sd_a] mean +- sd | shift (c)-(a) [sd_a] mean +- sd | "
+             "max abs (c)-(a) | sd ratio (c)/(a) median | 90 % coverage (a) | (b) | (c) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for p in PARAM_NAMES:
+        if not full:
+            break
+        a = [recs[s]["a_true"]["params"][p] for s in full]
+        b = [recs[s]["b_reco_fixed"]["params"][p] for s in full]
+        c = [recs[s]["c_reco_latent"]["params"][p] for s in full]
+        sb = np.array([(y["mean"] - x["mean"]) / x["sd"] for x, y in zip(a, b, strict=True)])
+        sc = np.array([(y["mean"] - x["mean"]) / x["sd"] for x, y in zip(a, c, strict=True)])
+        ratio = np.array([y["sd"] / x["sd"] for x, y in zip(a, c, strict=True)])
+
+        def cov(rs):
+            return np.mean([r["q05"] <= r["truth"] <= r["q95"] for r in rs])
+
+        lines.append(f"| {p} | {sb.mean():+.2f} +- {sb.std():.2f} | {sc.mean():+.2f} +- "
+                     f"{sc.std():.2f} | {np.abs(sc).max():.2f} | {np.median(ratio):.2f} | "
+                     f"{cov(a):.2f} | {cov(b):.2f} | {cov(c):.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", default="0-19")
+    ap.add_argument("--length", type=float, default=100.0)
+    ap.add_argument("--min-angle", type=float, default=60.0)
+    ap.add_argument("--out", default="out/halffake")
+    ap.add_argument("--summary", action="store_true")
+    a = ap.parse_args(argv)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if a.summary:
+        print(summarize(out))
+        return 0
+    lo, _, hi = a.seeds.partition("-")
+    for s in range(int(lo), int(hi or lo) + 1):
+        run_seed(s, out, a.length, a.min_angle)
+    print(summarize(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
