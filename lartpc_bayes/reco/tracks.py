@@ -37,8 +37,9 @@ scattering), the points are split where they are farthest from the line and each
 
 Stopping tag. An end is a stopping candidate when it lies more than ``fiducial_cm`` inside the
 TPC (pixel-plane edges, anode and cathode) and away from the selection's drift-window edges (data
-already cut to the window end there), and the charge per cm in the last 2 cm exceeds
-``bragg_ratio`` times the track's median (the Bragg rise). A stopping track's segments are ordered
+already cut to the window end there), and the mean charge per cm in its last 1.5 cm exceeds
+``bragg_ratio`` (1.4) times that of the other end's 1.5 cm and 1.1 times the track's median (the
+Bragg rise). A stopping track's segments are ordered
 towards its stopping end (the model's residual-range convention).
 """
 
@@ -67,7 +68,7 @@ class RecoConfig:
     min_points : clusters with fewer pixel channels are dropped (noise).
     kink_tol_cm, max_pieces, min_piece_points : piecewise-linear splitting.
     fiducial_cm : distance of a stopping end from every TPC boundary and drift-window edge.
-    bragg_ratio : charge per cm of the last ``bragg_length_cm`` over the track median.
+    bragg_ratio : charge per cm of the last ``bragg_length_cm`` over that of the other end.
     segment_length_cm : target segment length (None: the pixel pitch).
     sys_transverse_cm, sys_drift_cm : systematic floors added in quadrature to the fit's offset
         covariance (pixel quantisation and threshold timing; docs/reconstruction.md).
@@ -82,8 +83,8 @@ class RecoConfig:
     huber_k: float = 1.5
     n_iter: int = 6
     fiducial_cm: float = 1.5
-    bragg_ratio: float = 1.6
-    bragg_length_cm: float = 2.0
+    bragg_ratio: float = 1.4
+    bragg_length_cm: float = 1.5
     segment_length_cm: float | None = None
     sys_transverse_cm: float = 0.05
     sys_drift_cm: float = 0.05
@@ -359,12 +360,14 @@ def tag_stopping(tr: RecoTrack, card: DetectorCard, cfg: RecoConfig,
     if s.size < 6 or tr.length < 2 * cfg.bragg_length_cm:
         return tr
     med = float(np.median(q))
+    ends = [s <= cfg.bragg_length_cm, s >= tr.length - cfg.bragg_length_cm]
+    if min(e.sum() for e in ends) < 2:
+        return tr
+    mean_q = [float(np.mean(q[e])) for e in ends]
     best, best_ratio = None, cfg.bragg_ratio
     for end in (0, 1):
-        near = s <= cfg.bragg_length_cm if end == 0 else s >= tr.length - cfg.bragg_length_cm
-        if near.sum() < 2:
-            continue
-        ratio = float(np.mean(q[near])) / med
+        # Bragg rise: this end against the other end, and above the track's median
+        ratio = mean_q[end] / mean_q[1 - end] if mean_q[end] > 1.1 * med else 0.0
         x_end = tr.vertices[0] if end == 0 else tr.vertices[-1]
         if ratio > best_ratio and _end_inside(card, tr.tpc, x_end, window, cfg.fiducial_cm):
             best, best_ratio = end, ratio
