@@ -191,7 +191,7 @@ def stopping_tracks(segments: Segments, stopping_pdg: tuple[int, ...] = STOPPING
 def stopping_dEdx(st: StoppingTracks, end_shift_cm, density: float):
     """Segment-averaged dE/dx (MeV/cm) of the stopping segments for end-point shifts (n,) cm:
     ``(T(R_far + d) - T(R_near + d)) / (R_far - R_near)``, T the CSDA kinetic energy at residual
-    range R (:func:`lartpc_bayes.energy_loss.kinetic_energy_from_residual_range`)."""
+    range R (:func:`lartpc_bayes.forward.energy_loss.kinetic_energy_from_residual_range`)."""
     from .forward.energy_loss import kinetic_energy_from_residual_range
 
     seg = np.nonzero(st.track >= 0)[0]
@@ -229,6 +229,9 @@ class CalibrationProblem:
     stopping: StoppingTracks | None = None
     #: reconstructed-track geometry (drift from measured time, geometry latents); None: fixed
     geometry: ProblemGeometry | None = None
+    #: per bucket, (C,) relative sd of each channel's charge from the straggling of the segments
+    #: feeding it (forward/latent_prior.py); None: no fluctuations below the latent length
+    charge_rel_sd: tuple[np.ndarray, ...] | None = None
 
     @property
     def free(self) -> tuple[str, ...]:
@@ -247,14 +250,23 @@ def build_problem(
     min_charge_fraction: float = MIN_CHARGE_FRACTION,
     stopping_pdg: tuple[int, ...] = STOPPING_PDG,
     geometry: ProblemGeometry | None = None,
+    latent_prior: str = "derived",
+    charge_fluctuations: bool = True,
+    generator_config=None,
 ) -> CalibrationProblem:
     """Plan the charge model for ``segments`` and arrange ``hits`` (if given) into the table.
 
     Pixels whose largest possible charge anywhere in the prior box is below
     ``min_charge_fraction`` times the discriminator threshold are left out of the plan (they can
-    only fire on noise; see :func:`lartpc_bayes.charge.plan_charge`); their hits count at the
+    only fire on noise; see :func:`lartpc_bayes.forward.charge.plan_charge`); their hits count at the
     likelihood floor. Tracks whose PDG code is in ``stopping_pdg`` get no dE/dx latents: their
     dE/dx follows their residual range with a latent end point (:func:`stopping_tracks`).
+
+    ``latent_prior="derived"`` gives every latent the split-t of the mean dE/dx over its own length
+    (:func:`derived_latent_prior`); ``"published"`` the 0.4 cm-segment fit :data:`MIP_PRIOR`.
+    ``charge_fluctuations`` adds the straggling below the latent length to the hit-charge mark
+    (:func:`charge_fluctuation_sd`). ``generator_config`` (forward.generator.GeneratorConfig,
+    default: the generator's defaults) states the momentum model both are derived for.
     """
     fixed = dict(fixed or {})
     unknown = set(fixed) - set(PARAM_NAMES)
@@ -271,8 +283,84 @@ def build_problem(
         table, n_out = hits_to_table(plan, hits, card.electronics.max_hits_per_pixel)
         if not likelihood.max_hits:
             likelihood = replace(likelihood, max_hits=hit_list_sizes(plan, table))
-    return CalibrationProblem(card, plan, s2l, n_lat, likelihood, fixed, table, n_out,
-                              stopping=stopping if stopping.n else None, geometry=geometry)
+    problem = CalibrationProblem(card, plan, s2l, n_lat, likelihood, fixed, table, n_out,
+                                 stopping=stopping if stopping.n else None, geometry=geometry)
+    # --- latent priors per latent length and straggling below it (issue 12) ---
+    if latent_prior not in ("derived", "published"):
+        raise ValueError(f"latent_prior must be 'derived' or 'published', got {latent_prior!r}")
+    if latent_prior == "derived" and n_lat:
+        problem.prior = derived_latent_prior(card, segments, s2l, n_lat, generator_config)
+    if charge_fluctuations:
+        problem.charge_rel_sd = charge_fluctuation_sd(problem, segments, generator_config)
+    return problem
+
+
+def latent_lengths(segments: Segments, seg_to_latent: np.ndarray, n_latent: int) -> np.ndarray:
+    """(n_latent,) track length of every latent, cm (sum of its segments' dx)."""
+    ok = seg_to_latent >= 0
+    return np.bincount(seg_to_latent[ok], weights=segments.dx[ok], minlength=n_latent)
+
+
+def derived_latent_prior(card: DetectorCard, segments: Segments, seg_to_latent: np.ndarray,
+                         n_latent: int, generator_config=None) -> dict[str, np.ndarray]:
+    """Per-latent split-t parameters (arrays (n_latent,), MeV/cm) of the mean dE/dx over each
+    latent's own length, from the package's energy-loss model and the generator's momentum model
+    (:func:`lartpc_bayes.forward.latent_prior.latent_prior_params`)."""
+    from .forward.latent_prior import latent_prior_params
+
+    lengths = latent_lengths(segments, seg_to_latent, n_latent)
+    pr = latent_prior_params(lengths, card.physics.lar_density_g_cm3, config=generator_config)
+    return {k: np.asarray(v, np.float64) for k, v in pr.items()}
+
+
+def charge_fluctuation_sd(problem: CalibrationProblem, segments: Segments,
+                          generator_config=None) -> tuple[np.ndarray, ...]:
+    """Per bucket, the (C,) relative sd of every channel's charge from the straggling of the
+    segments feeding it, around the latent mean (:func:`lartpc_bayes.forward.latent_prior.
+    channel_charge_rel_sd`), at the card's nominal parameters.
+
+    MIP segments: truncated Landau of their own dx at the beta*gamma of the generator's momentum
+    (``GeneratorConfig.muon_momentum_MeV``, 4 GeV/c by default; 4 GeV/c when it draws a spectrum,
+    the straggling width depends on it only through the slow rise of the Landau mode). Stopping
+    segments: Bohr variance at the CSDA energy of their mid residual range."""
+    from .forward import energy_loss as el
+    from .forward.generator import GeneratorConfig
+    from .forward.latent_prior import channel_charge_rel_sd, segment_dedx_variance
+
+    card = problem.card
+    rho = card.physics.lar_density_g_cm3
+    cfg = generator_config or GeneratorConfig()
+    p_mu = cfg.muon_momentum_MeV or 4000.0
+    n = segments.n
+    bg = np.full(n, p_mu / el.MUON_MASS_MEV)
+    mass = np.full(n, el.MUON_MASS_MEV)
+    dedx = np.full(n, 2.0)
+    s2l = problem.seg_to_latent
+    if problem.n_latent:
+        pr = problem.prior
+        loc = np.broadcast_to(np.asarray(pr["loc"], np.float64), (problem.n_latent,))
+        ok = s2l >= 0
+        dedx[ok] = loc[s2l[ok]]
+    stop = np.zeros(n, bool)
+    st = problem.stopping
+    if st is not None and st.n:
+        seg, val = stopping_dEdx(st, jnp.zeros(st.n), rho)
+        seg = np.asarray(seg)
+        dedx[seg] = np.asarray(val)
+        stop[seg] = True
+        m = np.asarray(st.mass_MeV)[st.track[seg]]
+        t_mid = np.array([el.range_to_kinetic_energy(0.5 * (st.r_near[i] + st.r_far[i]), mm, rho)
+                          for i, mm in zip(seg, m, strict=True)])
+        bg[seg] = el.beta_gamma_from_kinetic_energy(t_mid, m)
+        mass[seg] = m
+    var = np.zeros(n)
+    for mm in np.unique(mass):
+        sel = mass == mm
+        var[sel] = segment_dedx_variance(segments.dx[sel], bg[sel], rho, mass_MeV=float(mm),
+                                         stopping=stop[sel],
+                                         delta_ray_cut_MeV=cfg.delta_ray_cut_MeV)
+    params = DetectorParams(*(jnp.asarray(card.nominal()[p], jnp.float32) for p in PARAM_NAMES))
+    return channel_charge_rel_sd(problem.plan, card, dedx, var, params)
 
 
 def latent_scale(prior: dict[str, float]) -> float:
@@ -327,7 +415,8 @@ def calibration_model(problem: CalibrationProblem, hits=None):
     numpyro.sample(
         "hits",
         LArPixReadout(
-            charges, problem.plan.buckets, card.electronics, problem.likelihood, problem.n_outside
+            charges, problem.plan.buckets, card.electronics, problem.likelihood, problem.n_outside,
+            charge_rel_sd=problem.charge_rel_sd,
         ),
         obs=hits,
     )

@@ -6,7 +6,7 @@ r"""Hits -> log-likelihood, and the readout as a NumPyro distribution.
           + \sum_i \max\big[\log(\lambda_{c_i}(t_i)\, P(\mathrm{ADC}_i \mid c_i, t_i)),
           \ \log\epsilon\big] + N_\mathrm{outside} \log\epsilon
 
-with lambda the hit intensity of :mod:`lartpc_bayes.readout_prob` and P the exact ADC-bin
+with lambda the hit intensity of :mod:`lartpc_bayes.likelihood.readout_prob` and P the exact ADC-bin
 probability of the held charge, mixed over the reset noise and the reset time. The floor keeps hits
 the model cannot explain (noise, hits on pixels or ticks outside the simulated channels, which are
 counted at the floor, never dropped) from dominating. ``floor="smooth"`` replaces the max by
@@ -44,10 +44,10 @@ from .readout_prob import N_NODES, hit_log_intensity, readout_tensors, sequentia
 class LikelihoodConfig:
     """kind: "ppp" or "sequential"; eps: floor per hit; floor: "hard" (max) or "smooth"
     (logaddexp); n_nodes: Gauss-Hermite nodes over the reset noise; mark: "gaussian" or "exact"
-    ADC-bin probability (:func:`lartpc_bayes.readout_prob.log_adc_prob`); max_hits: per bucket, the
+    ADC-bin probability (:func:`lartpc_bayes.likelihood.readout_prob.log_adc_prob`); max_hits: per bucket, the
     static size of the compacted hit list of the PPP (empty: every slot of the table; hits beyond it
     are counted at the floor, see :func:`hit_list_sizes`); max_lag: lag band of the later reset rows
-    (0 = exact, see :func:`lartpc_bayes.readout_prob.readout_tensors`)."""
+    (0 = exact, see :func:`lartpc_bayes.likelihood.readout_prob.readout_tensors`)."""
 
     kind: str = "ppp"
     eps: float = 1e-8
@@ -125,7 +125,7 @@ def table_to_hits(plan: ChargePlan, table: np.ndarray) -> Hits:
 
 def hit_list_sizes(plan: ChargePlan, table: np.ndarray, margin: float = 2.0) -> tuple[int, ...]:
     """Static per-bucket sizes of the PPP's compacted hit list: ``margin`` times the observed hits
-    (at least 16), rounded with :func:`lartpc_bayes.charge.padded_size`, at most the table size."""
+    (at least 16), rounded with :func:`lartpc_bayes.forward.charge.padded_size`, at most the table size."""
     from ..forward.charge import padded_size
 
     out = []
@@ -151,8 +151,12 @@ def log_likelihood(
     n_outside,
     el: Electronics,
     config: LikelihoodConfig,
+    charge_rel_sd: tuple[jax.Array, ...] | None = None,
 ) -> jax.Array:
     """log-likelihood of a hit table given the expected charges ``(Q, origin)`` per bucket.
+
+    ``charge_rel_sd``: optional per-bucket (C,) relative charge sd of the channels (straggling
+    below the latent length, model.charge_fluctuation_sd), added to the charge mark's variance.
 
     Jitted (inlined when traced inside a larger jit), so that NumPyro's eager model runs during
     initialisation call one compiled kernel instead of dispatching op by op."""
@@ -166,6 +170,7 @@ def log_likelihood(
         adc = tb[..., 1]
         valid = (tick >= 0) & (mask[:, None] > 0)
         t_rel = jnp.where(valid, tick - origin[:, None], -1)
+        f = None if charge_rel_sd is None else charge_rel_sd[i]
         if config.kind == "ppp":
             C, M = tick.shape
             n_max = min(config.max_hits[i], C * M) if config.max_hits else C * M
@@ -174,7 +179,7 @@ def log_likelihood(
             ok = jnp.arange(n_max) < flat.sum()
             li = hit_log_intensity(Q, rt, idx // M, t_rel.ravel()[idx],
                                    jnp.maximum(adc, 0).ravel()[idx], el, config.n_nodes,
-                                   config.mark)
+                                   config.mark, rel_sd=f)
             term = (jnp.maximum(li, log_eps) if config.floor == "hard"
                     else jnp.logaddexp(li, log_eps))
             total = total + jnp.where(ok, term, 0.0).sum()
@@ -182,7 +187,7 @@ def log_likelihood(
             total = total - (rt.expected_hits * mask).sum()
         else:
             seq = sequential_log_prob(Q, rt, t_rel, jnp.maximum(adc, 0), valid, el, log_eps,
-                                      config.n_nodes, config.mark)
+                                      config.n_nodes, config.mark, rel_sd=f)
             total = total + (seq * mask).sum()
     return total
 
@@ -191,18 +196,24 @@ class LArPixReadout(Distribution):
     """Distribution of the LArPix hit table given the expected charge of every channel.
 
     ``log_prob(table)`` is :func:`log_likelihood`; ``sample`` runs the stochastic readout
-    (:mod:`lartpc_bayes.readout`) on the same charges, so ``Predictive`` and posterior-predictive
+    (:mod:`lartpc_bayes.forward.readout`) on the same charges, so ``Predictive`` and posterior-predictive
     checks need no extra plumbing. The event shape is (channels, M, 2) int32.
+
+    ``charge_rel_sd`` (optional, per bucket (C,)): relative sd f of each channel's charge from the
+    straggling below the latent length; ``log_prob`` widens the charge mark by it and ``sample``
+    scales each channel's charge by a log-normal factor of mean 1 and sd f (right-skewed as the
+    Landau it stands for).
     """
 
     arg_constraints: ClassVar[dict] = {}
     support = constraints.real_vector  # integer table; values are not validated
-    pytree_data_fields = ("charges", "buckets", "n_outside")
+    pytree_data_fields = ("charges", "buckets", "n_outside", "charge_rel_sd")
     pytree_aux_fields = ("el", "config")
 
     def __init__(self, charges, buckets, el: Electronics, config: LikelihoodConfig,
-                 n_outside=0, validate_args=None):
+                 n_outside=0, validate_args=None, charge_rel_sd=None):
         self.charges = tuple(charges)
+        self.charge_rel_sd = None if charge_rel_sd is None else tuple(charge_rel_sd)
         self.buckets = tuple(buckets)
         self.el = el
         self.config = config
@@ -212,21 +223,27 @@ class LArPixReadout(Distribution):
                          validate_args=validate_args)
 
     def sample(self, key, sample_shape=()):
-        return _sample_tables(key, self.charges, self.buckets, self.el, tuple(sample_shape))
+        return _sample_tables(key, self.charges, self.buckets, self.el, tuple(sample_shape),
+                              self.charge_rel_sd)
 
     def log_prob(self, value):
         return log_likelihood(self.charges, self.buckets, value, self.n_outside, self.el,
-                              self.config)
+                              self.config, self.charge_rel_sd)
 
 
 @partial(jax.jit, static_argnames=("el", "sample_shape"))
-def _sample_tables(key, charges, buckets, el: Electronics, sample_shape=()):
+def _sample_tables(key, charges, buckets, el: Electronics, sample_shape=(), charge_rel_sd=None):
     """Hit tables from the stochastic readout, (*sample_shape, channels, M, 2)."""
 
     def one(k):
         rows = []
-        for kk, (Q, origin), b in zip(jax.random.split(k, len(charges)), charges, buckets,
-                                      strict=True):
+        for i, (kk, (Q, origin), b) in enumerate(zip(jax.random.split(k, len(charges)), charges,
+                                                     buckets, strict=True)):
+            if charge_rel_sd is not None:  # straggling below the latent: log-normal, mean 1
+                kk, kf = jax.random.split(kk)
+                s2 = jnp.log1p(jnp.asarray(charge_rel_sd[i], Q.dtype) ** 2)
+                g = jnp.exp(jnp.sqrt(s2) * jax.random.normal(kf, s2.shape, Q.dtype) - 0.5 * s2)
+                Q = Q * g[:, None]
             h = simulate_channels(kk, Q, el)
             ok = h.valid & (b.chan_mask[:, None] > 0)
             rows.append(jnp.stack([jnp.where(ok, h.tick + origin[:, None], -1),

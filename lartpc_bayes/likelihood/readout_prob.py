@@ -1,6 +1,6 @@
 r"""Probabilistic LArPix readout: the distribution of the hit sequence given the expected charge.
 
-This is the likelihood's forward model of :mod:`lartpc_bayes.readout`, exact for that simulator up
+This is the likelihood's forward model of :mod:`lartpc_bayes.forward.readout`, exact for that simulator up
 to a Gauss-Hermite quadrature over the reset noise. For one channel with cumulative charge ``Q[u]``
 (electrons at the end of tick u of its window, ``Q[-1] = 0``), hold H, reset R and busy B ticks,
 ``D1 = H + R + B + 1``:
@@ -181,8 +181,12 @@ def readout_tensors(Q: jax.Array, el: Electronics, n_nodes: int = N_NODES, max_l
     return ReadoutTensors(log_g0, log_gl, log_S0, log_Sl, lam, log_A, lam.sum(-1))
 
 
-def log_adc_prob(adc, mu, el: Electronics, mark: str = "gaussian"):
+def log_adc_prob(adc, mu, el: Electronics, mark: str = "gaussian", rel_sd=None):
     """log P(ADC code | held charge ~ N(mu, sigma_uncorr)).
+
+    ``rel_sd`` (optional, broadcast with mu): relative sd f of the charge from the straggling below
+    the latent length (model.charge_fluctuation_sd); the charge sd becomes
+    ``sqrt(sigma_uncorr^2 + (f mu)^2)`` (None or 0: unchanged).
 
     ``mark="exact"``: the bin probability ``Phi((q_hi - mu)/s) - Phi((q_lo - mu)/s)``.
     ``mark="gaussian"`` (DESIGN.md section 4, cheaper): the density ``N(q | mu, sigma_q)`` at the
@@ -191,12 +195,14 @@ def log_adc_prob(adc, mu, el: Electronics, mark: str = "gaussian"):
     """
     lo, hi = adc_bin_edges(adc, el)
     s = max(el.uncorrelated_noise_e, 1.0)
+    if rel_sd is not None:  # straggling below the latent length (issue 12)
+        s = jnp.sqrt(s * s + (rel_sd * mu) ** 2)
     if mark == "exact":
         return log_diff_ndtr((lo - mu) / s, (hi - mu) / s)
     step = el.electrons_per_adc
     sq2 = s * s + step * step / 12.0
     q = 0.5 * (lo + lo + step)
-    gauss = -0.5 * (q - mu) ** 2 / sq2 - 0.5 * np.log(2 * np.pi * sq2) + np.log(step)
+    gauss = -0.5 * (q - mu) ** 2 / sq2 - 0.5 * jnp.log(2 * np.pi * sq2) + np.log(step)
     sat = adc >= el.adc_counts - 1
     return jnp.where(sat, log_ndtr((mu - lo) / s), gauss)
 
@@ -207,11 +213,12 @@ def _rho(el: Electronics, n_nodes: int, dtype) -> jax.Array:
 
 def hit_log_intensity(
     Q: jax.Array, rt: ReadoutTensors, chan: jax.Array, t: jax.Array, adc: jax.Array,
-    el: Electronics, n_nodes: int = N_NODES, mark: str = "gaussian",
+    el: Electronics, n_nodes: int = N_NODES, mark: str = "gaussian", rel_sd=None,
 ) -> jax.Array:
     """PPP log intensity of hits: ``log(lambda(t) P(code | t))``, mixed over rows and rho.
 
     chan, t, adc : (N,) channel index in the bucket, tick index in its window, ADC code.
+    rel_sd : optional (C,) relative charge sd per channel of the bucket (:func:`log_adc_prob`).
 
     **Window edges.** The window origin moves in whole ticks with the parameters, so a hit near
     an edge can leave the window when a parameter changes. Within ``EDGE_TICKS`` of the edges the
@@ -234,14 +241,16 @@ def hit_log_intensity(
         # continuation past the window end, where the charge is constant (Q[W-1]): from every
         # reset row still armed at the end (survival S), n_after more quiet ticks and a trigger
         Qc = Q[c]
+        f = None if rel_sd is None else rel_sd[c]
         q_end = Qc[W - 1]
         ls0, lf0 = log_stay_fire((rho + q_end - thr) / sig_e)
-        out = logsumexp(rt.log_S0[c] + n_after * ls0 + lf0 + log_adc_prob(a, rho + q_end, el, mark))
+        out = logsumexp(rt.log_S0[c] + n_after * ls0 + lf0
+                        + log_adc_prob(a, rho + q_end, el, mark, f))
         if L > 0:
             q_left = q_end - Qc[s_idx + HR][None, :]  # (1, L) charge since the reset of row s
             ls, lf = log_stay_fire((rho[:, None] + q_left - thr) / sig_e)
             terms = (rt.log_Sl[c] + rt.log_A[c][None, :] + n_after * ls + lf
-                     + log_adc_prob(a, rho[:, None] + q_left, el, mark))
+                     + log_adc_prob(a, rho[:, None] + q_left, el, mark, f))
             out = jnp.logaddexp(out, logsumexp(terms))
         return out
 
@@ -249,8 +258,9 @@ def hit_log_intensity(
         inside = (tt >= -EDGE_TICKS) & (tt < W)
         tc = jnp.clip(tt, 0, W - 1)  # before the start: as at tick 0 (the charge is 0 there)
         Qc = Q[c]
+        f = None if rel_sd is None else rel_sd[c]
         q_held = Qc[jnp.minimum(tc + el.hold_ticks, W - 1)]
-        term0 = rt.log_g0[c, :, tc] + log_adc_prob(a, rho + q_held, el, mark)  # (K,)
+        term0 = rt.log_g0[c, :, tc] + log_adc_prob(a, rho + q_held, el, mark, f)  # (K,)
         out = logsumexp(term0)
         if L > 0:
             delta = tc - s_idx - D1
@@ -258,7 +268,7 @@ def hit_log_intensity(
             dc = jnp.clip(delta, 0, LB - 1)
             lg = rt.log_gl[c, :, s_idx, dc].T  # (K, L): one gather, no (K, L, LB) slab per hit
             mu = rho[:, None] + q_held - Qc[s_idx + HR][None, :]
-            terms = lg + log_adc_prob(a, mu, el, mark) + rt.log_A[c][None, :]
+            terms = lg + log_adc_prob(a, mu, el, mark, f) + rt.log_A[c][None, :]
             terms = jnp.where(ok[None, :], terms, LOG_ZERO)
             out = jnp.logaddexp(out, logsumexp(terms))
         n_after = jnp.clip(tt - W, 0, EDGE_TICKS)
@@ -272,6 +282,7 @@ def hit_log_intensity(
 def sequential_log_prob(
     Q: jax.Array, rt: ReadoutTensors, t: jax.Array, adc: jax.Array, valid: jax.Array,
     el: Electronics, log_eps: float, n_nodes: int = N_NODES, mark: str = "gaussian",
+    rel_sd=None,
 ) -> jax.Array:
     """Exact sequential log-likelihood of each channel's observed hit sequence, (C,).
 
@@ -290,6 +301,7 @@ def sequential_log_prob(
 
     def one(c, tc_, ac_, vc_):
         Qc = Q[c]
+        f = None if rel_sd is None else rel_sd[c]
         prev = jnp.concatenate([jnp.array([-1], tc_.dtype), tc_[:-1]])  # previous trigger tick
 
         def hit_term(m):
@@ -311,7 +323,7 @@ def sequential_log_prob(
                 q_reset = jnp.zeros((), Q.dtype)
             lg = jnp.where(first, rt.log_g0[c, :, tcl], lg_later)
             mu = rho + q_held - jnp.where(first, 0.0, q_reset)
-            val = logsumexp(lg + log_adc_prob(ac_[m], mu, el, mark))
+            val = logsumexp(lg + log_adc_prob(ac_[m], mu, el, mark, f))
             ok = inside & (first | ok_later)
             return jnp.maximum(jnp.where(ok, val, LOG_ZERO), log_eps)
 

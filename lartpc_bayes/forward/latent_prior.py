@@ -1,0 +1,314 @@
+r"""dE/dx priors of the model's latents and the straggling below the latent length.
+
+**Latent prior.** A latent is the mean dE/dx over ``L`` cm of a through-going track,
+``m_L = sum_s dE_s / sum_s dx_s`` over the generator's segments (0.4 cm pieces, each a truncated
+Landau deposit: :func:`lartpc_bayes.forward.energy_loss.sample_truncated_landau` with the
+Landau-Vavilov most probable loss, PDG 2024 eq. 34.12, and the electron-range delta-ray cut). Its
+distribution narrows and moves towards the restricted mean as L grows (the published split-t of
+~0.4 cm muon segments, mode 1.87 MeV/cm, describes L = 0.4 cm only; at 5 cm the mean is ~2.0
+MeV/cm). :func:`latent_prior_table` tabulates it by Monte Carlo with the generator's own deposit
+sampler (``generator._landau_deposits``) and momentum model (fixed momentum, or the Reyna sea-level
+spectrum with the generator's cos^2 zenith law), fits a split Student-t by maximum likelihood on
+each of a log-spaced grid of lengths, and :func:`latent_prior_params` interpolates (loc, log s,
+log nu) linearly in log L for any length.
+
+Why not hierarchical: with the generator's spectrum (fixed 4 GeV/c by default) the latents of one
+track share no location beyond the common one, so the marginal MC prior is the exact prior of the
+fake data. With a broad spectrum the latents of one track share its momentum (relativistic rise,
+a few per cent); the MC marginal then includes that spread but ignores the within-track
+correlation, a per-track location would be the next refinement.
+
+**Straggling below the latent.** A pixel's charge comes from the few segments whose drifted
+charge lands on it. With the latent dE/dx at the mean, each segment's deposit still scatters by
+``Var(dE_s)`` (truncated Landau of its own thickness, or Bohr's ``xi W_max (1 - beta^2/2)`` for a
+stopping track, PDG eq. 34.10 region), so the pixel's final charge ``Q_c = sum_s J_cs dEdx_s``
+(J the Jacobian of the charge model, which includes recombination) has the relative variance
+
+.. math:: f_c^2 = \sum_s J_{cs}^2 \,\mathrm{Var}(dE_s)/dx_s^2 \Big/ \big(\sum_s J_{cs}\,
+          \overline{dEdx}_s\big)^2 ,
+
+derived, not fitted (:func:`channel_charge_rel_sd`). The likelihood's Gaussian mark variance
+becomes ``sigma_q^2 + (f_c mu)^2`` for a held charge mu.
+
+Units: lengths cm, energies MeV, dE/dx MeV/cm.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from scipy import optimize, special
+
+from . import energy_loss as el
+from . import generator as gen
+
+__all__ = [
+    "DEFAULT_LENGTH_GRID_CM",
+    "channel_charge_rel_sd",
+    "latent_prior_params",
+    "latent_prior_table",
+    "segment_dedx_variance",
+    "split_t_cdf",
+    "split_t_logpdf",
+    "split_t_ppf",
+]
+
+#: log-spaced latent lengths of the table, cm (0.4 cm = one generator segment ... 205 cm)
+DEFAULT_LENGTH_GRID_CM: tuple[float, ...] = tuple(float(x) for x in 0.4 * 2.0 ** np.arange(10))
+#: Monte-Carlo budget per grid length: total segment deposits drawn (1e6 -> ~0.5 s with scipy)
+MC_SEGMENTS = 1_000_000
+#: at most this many latent means per grid length (the fit's statistical error ~ 1/sqrt(N))
+MC_LATENTS = 40_000
+#: bump when the table's definition changes (invalidates the disk cache)
+_TABLE_VERSION = 1
+PARAM_KEYS = ("loc", "s_left", "s_right", "nu_left", "nu_right")
+
+
+# ------------------------------------------------------------------------------------------------
+# split Student-t on the host (same density as model.SplitStudentT)
+# ------------------------------------------------------------------------------------------------
+def _log_kernel_integral(nu):
+    nu = np.asarray(nu, np.float64)
+    return 0.5 * np.log(nu * np.pi) + special.gammaln(nu / 2) - special.gammaln((nu + 1) / 2)
+
+
+def split_t_logpdf(x, loc, s_left, s_right, nu_left, nu_right) -> np.ndarray:
+    """log density of the split Student-t (model.SplitStudentT), x in MeV/cm."""
+    x = np.asarray(x, np.float64)
+    left = x < loc
+    s = np.where(left, s_left, s_right)
+    nu = np.where(left, nu_left, nu_right)
+    u = (x - loc) / s
+    a = np.log(s_left) + _log_kernel_integral(nu_left)
+    b = np.log(s_right) + _log_kernel_integral(nu_right)
+    return -0.5 * (nu + 1) * np.log1p(u * u / nu) - (np.logaddexp(a, b) - np.log(2.0))
+
+
+def _p_left(s_left, s_right, nu_left, nu_right) -> float:
+    a = np.log(s_left) + _log_kernel_integral(nu_left)
+    b = np.log(s_right) + _log_kernel_integral(nu_right)
+    return float(np.exp(a - np.logaddexp(a, b)))
+
+
+def split_t_cdf(x, loc, s_left, s_right, nu_left, nu_right) -> np.ndarray:
+    """CDF of the split Student-t: P(left) 2 T_nuL(u) left of loc, P(left) + P(right) (2 T_nuR(u)
+    - 1) right of it (T the Student-t CDF)."""
+    from scipy import stats
+
+    x = np.asarray(x, np.float64)
+    pl = _p_left(s_left, s_right, nu_left, nu_right)
+    lo = pl * 2.0 * stats.t.cdf((x - loc) / s_left, nu_left)
+    hi = pl + (1.0 - pl) * (2.0 * stats.t.cdf((x - loc) / s_right, nu_right) - 1.0)
+    return np.where(x < loc, lo, hi)
+
+
+def split_t_ppf(q, loc, s_left, s_right, nu_left, nu_right) -> np.ndarray:
+    """Quantile function of the split Student-t (inverse of :func:`split_t_cdf`)."""
+    from scipy import stats
+
+    q = np.asarray(q, np.float64)
+    pl = _p_left(s_left, s_right, nu_left, nu_right)
+    lo = loc + s_left * stats.t.ppf(np.clip(q / (2 * pl), 1e-300, 0.5), nu_left)
+    hi = loc + s_right * stats.t.ppf(np.clip(0.5 + (q - pl) / (2 * (1 - pl)), 0.5, 1 - 1e-16),
+                                     nu_right)
+    return np.where(q < pl, lo, hi)
+
+
+def _fit_split_t(x: np.ndarray) -> dict[str, float]:
+    """Maximum-likelihood split Student-t of the sample x (MeV/cm)."""
+    med = float(np.median(x))
+    iqr = float(np.subtract(*np.percentile(x, [75, 25])))
+    p0 = np.array([med, math.log(iqr / 1.35), math.log(iqr / 1.35), math.log(5.0), math.log(3.0)])
+
+    def nll(p):
+        loc, ls, lr, ln, lnr = p
+        return -np.mean(split_t_logpdf(x, loc, np.exp(ls), np.exp(lr), np.exp(ln), np.exp(lnr)))
+
+    best = optimize.minimize(nll, p0, method="Nelder-Mead",
+                             options={"xatol": 1e-6, "fatol": 1e-9, "maxiter": 8000})
+    loc, ls, lr, ln, lnr = best.x
+    # nu beyond ~200 is a Gaussian half; cap so the interpolation in log nu stays tame
+    return {"loc": float(loc), "s_left": float(np.exp(ls)), "s_right": float(np.exp(lr)),
+            "nu_left": float(min(np.exp(ln), 200.0)), "nu_right": float(min(np.exp(lnr), 200.0))}
+
+
+# ------------------------------------------------------------------------------------------------
+# Monte Carlo of latent means with the generator's sampler
+# ------------------------------------------------------------------------------------------------
+def sample_latent_means(
+    rng: np.random.Generator, length_cm: float, n: int, *, density: float,
+    segment_length_cm: float = 0.4, mass_MeV: float = el.MUON_MASS_MEV,
+    config: gen.GeneratorConfig | None = None,
+) -> np.ndarray:
+    """``n`` latent means sum(dE)/sum(dx) (MeV/cm) over ``length_cm`` of a through-going track.
+
+    The length is cut into ceil(L/segment_length) equal pieces (as the generator cuts a track's
+    chord in a TPC) whose deposits come from ``generator._landau_deposits`` at the track's
+    kinetic energy; momenta as the generator draws them (``config.muon_momentum_MeV`` or the Reyna
+    spectrum with dN/dcos(zenith) ~ cos^2). The energy lost along the latent (~2 MeV/cm, against
+    GeV/c momenta) is neglected.
+    """
+    cfg = config or gen.GeneratorConfig()
+    k = max(math.ceil(length_cm / segment_length_cm - 1e-9), 1)
+    dx = np.full(n * k, length_cm / k)
+    if cfg.muon_momentum_MeV is None:
+        cmin = math.cos(math.radians(cfg.max_zenith_deg))
+        cz = np.cbrt(cmin**3 + (1.0 - cmin**3) * rng.uniform(size=n))
+        mom = gen._sample_reyna_momentum(rng, cz, cfg.spectrum_momentum_range_MeV)
+    else:
+        mom = np.full(n, float(cfg.muon_momentum_MeV))
+    kin = np.repeat(el.kinetic_energy_from_momentum(mom, mass_MeV), k)
+    de = gen._landau_deposits(rng, kin, dx, mass_MeV, density, cfg)[0]
+    return de.reshape(n, k).sum(1) / length_cm
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "lartpc_bayes"
+
+
+@lru_cache(maxsize=16)
+def _table(key: str, density: float, segment_length_cm: float, mass_MeV: float,
+           muon_momentum_MeV: float | None, spectrum: tuple[float, float], max_zenith: float,
+           delta_ray_cut: float | None, grid: tuple[float, ...], seed: int) -> dict:
+    path = _cache_dir() / f"latent_prior_{key}.json"
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            pass  # unreadable cache: recompute
+    cfg = gen.GeneratorConfig(muon_momentum_MeV=muon_momentum_MeV,
+                              spectrum_momentum_range_MeV=spectrum, max_zenith_deg=max_zenith,
+                              delta_ray_cut_MeV=delta_ray_cut)
+    rows = []
+    for i, L in enumerate(grid):
+        k = max(math.ceil(L / segment_length_cm - 1e-9), 1)
+        n = int(min(MC_LATENTS, MC_SEGMENTS // k))
+        rng = np.random.default_rng([seed, i])
+        m = sample_latent_means(rng, L, n, density=density, segment_length_cm=segment_length_cm,
+                                mass_MeV=mass_MeV, config=cfg)
+        row = _fit_split_t(m)
+        row.update(length_cm=float(L), n_mc=n, mc_mean=float(m.mean()), mc_sd=float(m.std()))
+        rows.append(row)
+    out = {"version": _TABLE_VERSION, "rows": rows}
+    try:  # atomic write of the cache
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(out))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return out
+
+
+def latent_prior_table(
+    density: float, *, segment_length_cm: float = 0.4, mass_MeV: float = el.MUON_MASS_MEV,
+    config: gen.GeneratorConfig | None = None,
+    grid_cm: tuple[float, ...] = DEFAULT_LENGTH_GRID_CM, seed: int = 20240612,
+) -> list[dict[str, float]]:
+    """Split-t fits (``loc, s_left, s_right, nu_left, nu_right``, MeV/cm) of the latent mean on
+    ``grid_cm``, with the MC mean/sd and sample size per row. Cached in memory and on disk
+    (``$XDG_CACHE_HOME/lartpc_bayes``, written atomically); deterministic for a given seed."""
+    cfg = config or gen.GeneratorConfig()
+    args = (float(density), float(segment_length_cm), float(mass_MeV),
+            None if cfg.muon_momentum_MeV is None else float(cfg.muon_momentum_MeV),
+            tuple(float(v) for v in cfg.spectrum_momentum_range_MeV), float(cfg.max_zenith_deg),
+            None if cfg.delta_ray_cut_MeV is None else float(cfg.delta_ray_cut_MeV),
+            tuple(float(g) for g in grid_cm), int(seed))
+    key = hashlib.sha1(repr((_TABLE_VERSION, MC_SEGMENTS, MC_LATENTS, *args)).encode()
+                       ).hexdigest()[:16]
+    return _table(key, *args)["rows"]
+
+
+def latent_prior_params(lengths_cm, density: float, **kw) -> dict[str, np.ndarray]:
+    """Split-t prior parameters (arrays shaped like ``lengths_cm``) of latents of those lengths:
+    loc, log s and log nu interpolated linearly in log L on :func:`latent_prior_table` (held
+    constant beyond the grid)."""
+    rows = latent_prior_table(density, **kw)
+    lg = np.log([r["length_cm"] for r in rows])
+    x = np.log(np.clip(np.asarray(lengths_cm, np.float64), 1e-6, None))
+    out = {}
+    for k in PARAM_KEYS:
+        v = np.array([r[k] for r in rows])
+        if k == "loc":
+            out[k] = np.interp(x, lg, v)
+        else:
+            out[k] = np.exp(np.interp(x, lg, np.log(v)))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# straggling of the segments feeding a pixel
+# ------------------------------------------------------------------------------------------------
+def segment_dedx_variance(
+    dx_cm, beta_gamma, density: float, *, mass_MeV: float = el.MUON_MASS_MEV,
+    stopping: np.ndarray | None = None, delta_ray_cut_MeV: float | None = None,
+) -> np.ndarray:
+    """Var(dE/dx) of single segments (MeV/cm)^2 around their mean, as the generator draws them.
+
+    Through-going (``stopping`` False): truncated Landau of the segment (mode PDG eq. 34.12, width
+    xi, cut at mode + min(T_cut, W_max)); variance = (pi/2 xi)^2 Var_std(x_max). Stopping: Bohr
+    variance xi W_max (1 - beta^2/2) of the Vavilov sampler. Divided by dx^2.
+    """
+    dx = np.asarray(dx_cm, np.float64)
+    bg = np.broadcast_to(np.asarray(beta_gamma, np.float64), dx.shape)
+    mpv = el.landau_vavilov_mpv_loss(bg, dx, density)
+    xi = el.landau_xi(bg, dx, density)
+    wmax = el.max_energy_transfer(bg, mass_MeV)
+    t_cut = (el.delta_ray_cut_for_thickness(dx, density) if delta_ray_cut_MeV is None
+             else np.full_like(dx, float(delta_ray_cut_MeV)))
+    dmax = mpv + np.minimum(t_cut, wmax)
+    loc, scale = el.landau_loc_scale(mpv, xi)
+    _, var_std = el.truncated_landau_standard_moments((dmax - loc) / scale)
+    var = scale * scale * var_std
+    if stopping is not None:
+        b2 = bg * bg / (1.0 + bg * bg)
+        var = np.where(np.asarray(stopping, bool), xi * wmax * (1.0 - b2 / 2.0), var)
+    return var / np.maximum(dx, 1e-9) ** 2
+
+
+def channel_charge_rel_sd(
+    plan, card, dEdx_seg: np.ndarray, var_dEdx_seg: np.ndarray, params, chunk: int = 64
+) -> tuple[np.ndarray, ...]:
+    """Per bucket, the (C,) relative sd f_c of each channel's final charge from the independent
+    straggling of its segments: ``f_c^2 = sum_s J_cs^2 Var_s / Q_c^2`` with ``J_cs = dQ_c/dEdx_s``
+    the Jacobian of :func:`lartpc_bayes.forward.charge.expected_charge` at ``dEdx_seg`` and
+    ``params`` (forward-mode, ``chunk`` segments at a time). 0 for channels with no charge."""
+    import jax
+    import jax.numpy as jnp
+
+    from .charge import expected_charge
+
+    device = plan.device
+    x0 = jnp.asarray(dEdx_seg, jnp.float32)
+    n = x0.shape[0]
+
+    def final(x):
+        return tuple(Q[:, -1] for Q, _ in expected_charge(device, x, params, card))
+
+    q0 = [np.asarray(q, np.float64) for q in jax.jit(final)(x0)]
+    acc = [np.zeros_like(q) for q in q0]
+    sd = np.sqrt(np.asarray(var_dEdx_seg, np.float64))
+
+    @jax.jit
+    def block(idx, w):
+        def one(i, wi):
+            t = jnp.zeros(n, jnp.float32).at[i].set(wi)
+            return jax.jvp(final, (x0,), (t,))[1]
+
+        return jax.vmap(one)(idx, w)
+
+    for s0 in range(0, n, chunk):
+        idx = np.arange(s0, s0 + chunk) % n
+        w = np.where(np.arange(s0, s0 + chunk) < n, sd[idx], 0.0).astype(np.float32)
+        res = block(jnp.asarray(idx), jnp.asarray(w))
+        for b, r in enumerate(res):
+            acc[b] += np.sum(np.asarray(r, np.float64) ** 2, axis=0)
+    return tuple(np.where(q > 1.0, np.sqrt(a) / np.maximum(q, 1.0), 0.0).astype(np.float32)
+                 for q, a in zip(q0, acc, strict=True))
