@@ -202,18 +202,18 @@ def to_datatree(
     attrs: dict | None = None,
     seed: int | None = None,
 ) -> xr.DataTree:
-    """Convert a :class:`lartpc_bayes.inference.FitResult` into an ArviZ 1.x DataTree.
+    """Convert a :class:`lartpc_bayes.infer.FitResult` into an ArviZ 1.x DataTree.
 
     fit : FitResult (samples (chains, draws, ...), physical units).
     problem : the CalibrationProblem that was fitted (observed table, card, likelihood).
-    prior : :func:`lartpc_bayes.inference.prior_samples` output (draws first); the parameters,
+    prior : :func:`lartpc_bayes.infer.prior_samples` output (draws first); the parameters,
         dEdx, z_dEdx go to ``prior``, ``hits`` to ``prior_predictive``.
     posterior_predictive : (draws, channels, M, 2) hit tables
-        (:func:`lartpc_bayes.inference.predictive_hits`) or already (chains, draws, ...).
+        (:func:`lartpc_bayes.infer.predictive_hits`) or already (chains, draws, ...).
     truth : true parameter values (fake data); truth_dEdx : per latent (n_latent) or per segment
         (averaged per latent; use :func:`latent_truth` for length weighting).
     hessian : (pseudo-correlation, sd) over ``problem.free`` from
-        :func:`lartpc_bayes.inference.hessian_pseudo_correlation` or :func:`hessian_at_optimum`;
+        :func:`lartpc_bayes.infer.hessian_pseudo_correlation` or :func:`hessian_at_optimum`;
         an optional third element names how it was computed.
     attrs : extra root attributes (dicts/lists are stored as JSON strings); a ``timings`` dict is
         merged into the fit's timings (e.g. ``{"ppc_s": 3.2}``).
@@ -394,7 +394,7 @@ def _sanitize_hessian(corr_sd: tuple[np.ndarray, np.ndarray], scale: np.ndarray 
 
 
 def hessian_at_optimum(problem, map_values: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, str]:
-    """:func:`lartpc_bayes.inference.hessian_pseudo_correlation` with NaN rows where the Hessian
+    """:func:`lartpc_bayes.infer.hessian_pseudo_correlation` with NaN rows where the Hessian
     is not positive definite; returns (corr, sd, method) ready for ``to_datatree(hessian=...)``."""
     from ..infer import hessian_pseudo_correlation
 
