@@ -62,7 +62,11 @@ class LaplaceFitter:
     that extends :func:`lartpc_bayes.model.calibration_model` (e.g. the joint charge + light
     model of :mod:`lartpc_bayes.light`); ``model_kwargs`` are its other observed data;
     hessian_chunk : Hessian columns computed at once (:func:`_chunked_hessian`: memory of that many
-    gradient tangents, not of all of them).
+    gradient tangents, not of all of them);
+    hessian : "dense" (default) or "block": ``problem`` is then an
+    :class:`~lartpc_bayes.infer.events.EventBatch` (the potential a sum over events, sharded over
+    its mesh), the MAP stages are these and the Hessian stages are the block-arrow ones of
+    :class:`~lartpc_bayes.infer.block_laplace.BlockLaplace` (per-event blocks, Schur complement).
     """
 
     def __init__(
@@ -78,7 +82,14 @@ class LaplaceFitter:
         model: Callable = calibration_model,
         model_kwargs: dict[str, Any] | None = None,
         hessian_chunk: int = 16,
+        hessian: str = "dense",
     ) -> None:
+        if hessian not in ("dense", "block"):
+            raise ValueError(f"hessian must be 'dense' or 'block', got {hessian!r}")
+        self._block = None
+        if hessian == "block":
+            self._init_block(problem, maxiter, gtol, newton_steps, newton_tol, n_grid)
+            return
         self.problem = problem
         self.model = model
         kw = dict(model_kwargs or {})
@@ -112,6 +123,33 @@ class LaplaceFitter:
         self._nuts = None
         self._kw = kw
 
+    def _init_block(self, batch, maxiter, gtol, newton_steps, newton_tol, n_grid) -> None:
+        """The block path: potential, start and transforms from the EventBatch."""
+        from .block_laplace import BlockLaplace
+
+        self.problem, self.model, self._kw = batch, None, {}
+        self.free = batch.free
+        self.maxiter, self.gtol = int(maxiter), float(gtol)
+        self.newton_steps, self.newton_tol, self.n_grid = int(newton_steps), newton_tol, n_grid
+        nom = batch.card.nominal()
+        th = []
+        for p in batch.free:  # unconstrained nominal: logit((v - lo) / (hi - lo))
+            spec = batch.card.param(p)
+            u = (nom[p] - spec.low) / (spec.high - spec.low)
+            th.append(np.log(u) - np.log1p(-u))
+        x0 = jnp.asarray(batch.pack(dict(zip(batch.free, th, strict=True))), jnp.float32)
+        self.x0, self.dim = batch.place(x0), int(x0.size)
+        self.unravel = lambda x: {"x": x}
+        self._e_index = batch.free.index("E") if "E" in batch.free else None
+        U = batch.potential
+        self._U = U
+        self._value_and_grad = jax.jit(jax.value_and_grad(U))
+        self._U_batch = jax.jit(jax.vmap(U, in_axes=(0, None)))
+        self._minimise = jax.jit(self._lbfgs)
+        self._constrain = None
+        self._nuts = None
+        self._block = BlockLaplace(batch)
+
     # -- pieces -----------------------------------------------------------------------------
 
     def _lbfgs(self, x0, table):
@@ -141,6 +179,8 @@ class LaplaceFitter:
     def start(self, table, init: dict | None = None, scan_E: bool = True) -> jax.Array:
         """Unconstrained start point: ``init`` (default nominal) with E from the grid scan."""
         x0 = self.x0
+        if self._block is not None and init is not None:
+            raise ValueError("init values are not supported with hessian='block'")
         if init is not None:
             z = unconstrain_fn(self.model, (self.problem,), {**self._kw, "hits": table}, init)
             x0 = ravel_pytree({k: jnp.asarray(v, jnp.float32) for k, v in z.items()})[0]
@@ -149,16 +189,21 @@ class LaplaceFitter:
         spec = self.problem.card.param("E")
         grid = np.linspace(spec.low, spec.high, self.n_grid + 2)[1:-1]
         xs = np.tile(np.asarray(x0), (self.n_grid, 1))
-        j = _flat_index(self.unravel(x0), "E")
+        j = self._e_index if self._block is not None else _flat_index(self.unravel(x0), "E")
         # NumPyro's bijection of the uniform prior: E = lo + (hi - lo) sigmoid(u)
         u = (grid - spec.low) / (spec.high - spec.low)
         xs[:, j] = np.log(u) - np.log1p(-u)
-        vals = np.asarray(self._U_batch(jnp.asarray(xs, jnp.float32), table))
+        vals = np.concatenate([  # in slices of 32: memory of 32 potentials at a time
+            np.asarray(self._U_batch(jnp.asarray(xs[i:i + 32], jnp.float32), table))
+            for i in range(0, len(xs), 32)]) if self._block is not None else np.asarray(
+            self._U_batch(jnp.asarray(xs, jnp.float32), table))
         vals = np.where(np.isfinite(vals), vals, np.inf)
         return jnp.asarray(xs[int(np.argmin(vals))], jnp.float32)
 
     def to_physical(self, xs: np.ndarray) -> dict[str, np.ndarray]:
         """Unconstrained draws (n, dim) -> every site in physical units (dE/dx in MeV/cm)."""
+        if self._block is not None:
+            return self.problem.unpack(xs)
         out = self._constrain(jnp.asarray(np.atleast_2d(xs), jnp.float32))
         return {k: np.asarray(v, np.float64) for k, v in out.items() if k != "hits"}
 
@@ -182,14 +227,19 @@ class LaplaceFitter:
         ``hessian_s``, and with ``importance`` the PSIS ``pareto_k`` and ``is_ess``; ``error``
         says why when ``ok`` is False."""
         if table is None:
-            table = self.problem.table
+            table = self.problem.tables if self._block is not None else self.problem.table
         if table is None:
             raise ValueError("the problem has no observed hits and no table was given")
-        tb = jnp.asarray(table, jnp.int32)
+        tb = jax.tree.map(lambda a: jnp.asarray(a, jnp.int32), table)
         t0 = time.perf_counter()
         x0 = self.start(tb, init, scan_E)
-        x, _, _, it = self._minimise(x0, tb)
+        x, _, _, it = self._minimise(self.problem.place(x0) if self._block else x0, tb)
         t1 = time.perf_counter()
+        if self._block is not None:
+            out = self._block.finish(self, x, tb, t0, t1, seed=seed, num_draws=num_draws,
+                                     importance=importance, n_proposal=n_proposal)
+            out["iterations"] = int(it)
+            return out
         x, H, newton = _newton_polish(
             lambda v: self._value_and_grad(v, tb), lambda v: self._hessian(v, tb), x,
             self.newton_steps, self.newton_tol,

@@ -1,0 +1,386 @@
+r"""Block-arrow Laplace and whitened NUTS for an :class:`~lartpc_bayes.infer.events.EventBatch`.
+
+The Hessian of :math:`U = U_0(\theta) + \sum_e U_e(\theta, l_e)` is block-arrow:
+
+.. math:: H = \begin{pmatrix} A & B_1^T & \cdots \\ B_1 & D_1 & \\ \vdots & & \ddots
+          \end{pmatrix},\quad A = \nabla^2 U_0 + \sum_e \nabla^2_{\theta\theta} U_e,\
+          B_e = \nabla_{l_e}\nabla_\theta U_e,\ D_e = \nabla^2_{l_e} U_e.
+
+Each event's blocks come from ``jax.hessian`` of its own potential in (theta, l_e) -- k + n_l
+tangents, vmapped over the events of one shape bucket -- so the cost is linear in the number of
+events and the memory that of one bucket, never (total latents)^2. theta's marginal precision is
+the Schur complement :math:`S = A - \sum_e B_e^T D_e^{-1} B_e`, its covariance :math:`S^{-1}`.
+A Newton step solves :math:`H\,\delta = g` blockwise:
+:math:`S\,\delta_\theta = g_\theta - \sum_e B_e^T D_e^{-1} g_e`,
+:math:`\delta_e = D_e^{-1}(g_e - B_e \delta_\theta)`; the Newton decrement is
+:math:`\sqrt{g^T\delta}`. Draws of :math:`N(x^*, H^{-1})`:
+:math:`\theta = \theta^* + L_S^{-T} w_0`,
+:math:`l_e = l_e^* - D_e^{-1} B_e (\theta - \theta^*) + L_{D_e}^{-T} w_e`, w standard normal
+(:math:`S = L_S L_S^T`, :math:`D_e = L_{D_e} L_{D_e}^T`). Importance sampling: the same map with
+w_0 multivariate-t (nu = 7) and the exact joint log density of the proposal, Pareto-smoothed
+weights as in :func:`lartpc_bayes.infer.laplace.importance_resample`.
+
+The same map, linear with constant Jacobian, whitens the joint posterior for NUTS
+(:func:`whitened_nuts`): both NumPyro and BlackJAX sample :math:`U(x(w))` in w, where the
+posterior is close to N(0, I) -- the joint rather than latents Laplace-marginalised, because
+marginalising needs an inner optimisation of every event's latents at every leapfrog step (its
+gradient through the inner optimum needs the same blocks again), while the whitened joint costs
+one gradient of U per step, shards like U, and is exact (no Laplace error in the latents).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .events import EventBatch
+
+__all__ = ["BlockHessian", "BlockLaplace", "block_hessian", "whitened_nuts"]
+
+
+@dataclass
+class BlockHessian:
+    """A (k, k) theta block (prior included); per bucket B (E, n_l, k) and D (E, n_l, n_l)."""
+
+    A: np.ndarray
+    B: list[np.ndarray]
+    D: list[np.ndarray]
+
+    def finite(self) -> bool:
+        return bool(np.all(np.isfinite(self.A)) and all(
+            np.all(np.isfinite(b)) and np.all(np.isfinite(d)) for b, d in zip(self.B, self.D,
+                                                                               strict=True)))
+
+    def dense(self) -> np.ndarray:
+        """The full matrix (small problems and tests only: memory dim^2)."""
+        k = self.A.shape[0]
+        n = k + sum(b.shape[0] * b.shape[1] for b in self.B)
+        H = np.zeros((n, n))
+        H[:k, :k] = self.A
+        i = k
+        for B, D in zip(self.B, self.D, strict=True):
+            for e in range(B.shape[0]):
+                m = B.shape[1]
+                H[i:i + m, :k] = B[e]
+                H[:k, i:i + m] = B[e].T
+                H[i:i + m, i:i + m] = D[e]
+                i += m
+        return H
+
+
+def _spd(M: np.ndarray, floor: float = 1e-6):
+    """Eigen-decomposition of a symmetric matrix (batched) with |eigenvalues| floored at
+    ``floor`` x the largest (the saddle-free surrogate); returns (evals, evecs, was_pd)."""
+    M = 0.5 * (M + np.swapaxes(M, -1, -2))
+    ev, U = np.linalg.eigh(M)
+    pd = bool(np.all(ev > 0))
+    top = np.maximum(np.abs(ev).max(axis=-1, keepdims=True), 1.0)
+    return np.maximum(np.abs(ev), floor * top), U, pd
+
+
+def block_hessian(batch: EventBatch, x: jax.Array, fns: dict | None = None) -> BlockHessian:
+    """Per-event Hessian blocks of ``batch.potential`` at ``x`` (float64 on the host)."""
+    fns = fns if fns is not None else _block_fns(batch)
+    th, locs = batch.split(jnp.asarray(x))
+    A = np.asarray(fns["prior"](th), np.float64)
+    Bs, Ds = [], []
+    k = batch.k
+    for b, bk in enumerate(batch.buckets):
+        H = np.asarray(fns["bucket"][b](th, locs[b], bk.data, bk.table), np.float64)
+        A = A + H[:, :k, :k].sum(0)
+        Bs.append(H[:, k:, :k])
+        Ds.append(H[:, k:, k:])
+    return BlockHessian(0.5 * (A + A.T), Bs, Ds)
+
+
+def _block_fns(batch: EventBatch) -> dict:
+    def per_bucket(b):
+        def hess(th, locs, data, table):
+            k = th.shape[0]
+
+            def one(loc, ev, tb):
+                f = lambda v: batch.event_potential(b, v[:k], v[k:], ev, tb)  # noqa: E731
+                return jax.hessian(f)(jnp.concatenate([th, loc]))
+
+            return jax.vmap(one)(locs, data, table)
+
+        return jax.jit(hess)
+
+    return {"prior": jax.jit(jax.hessian(batch.prior_potential)),
+            "bucket": [per_bucket(b) for b in range(len(batch.buckets))]}
+
+
+@dataclass
+class _Factor:
+    """The block factorisation used for solves and draws."""
+
+    k: int
+    S_evals: np.ndarray
+    S_evecs: np.ndarray
+    D_evals: list[np.ndarray]
+    D_evecs: list[np.ndarray]
+    B: list[np.ndarray]
+    pd: bool
+
+    def Dinv(self, b: int, v: np.ndarray) -> np.ndarray:
+        """D_e^{-1} v for every event of bucket b; v (E, n_l) or (E, n_l, m)."""
+        U, ev = self.D_evecs[b], self.D_evals[b]
+        mat = v.ndim == 3
+        vv = v if mat else v[..., None]
+        out = U @ ((np.swapaxes(U, -1, -2) @ vv) / ev[..., None])
+        return out if mat else out[..., 0]
+
+    @property
+    def cov_theta(self) -> np.ndarray:
+        return (self.S_evecs / self.S_evals) @ self.S_evecs.T
+
+    def solve(self, g_theta: np.ndarray, g_loc: list[np.ndarray]):
+        rhs = g_theta.copy()
+        for b, B in enumerate(self.B):
+            rhs -= np.einsum("eik,ei->k", B, self.Dinv(b, g_loc[b]))
+        dt = self.S_evecs @ ((self.S_evecs.T @ rhs) / self.S_evals)
+        dl = [self.Dinv(b, g_loc[b] - B @ dt) for b, B in enumerate(self.B)]
+        return dt, dl
+
+
+def factorise(H: BlockHessian) -> _Factor:
+    """Schur complement and per-event eigen-factors (saddle-free where not positive definite)."""
+    S = H.A.copy()
+    D_ev, D_U, pd = [], [], True
+    for D in H.D:
+        ev, U, ok = _spd(D)
+        pd &= ok
+        D_ev.append(ev)
+        D_U.append(U)
+    f = _Factor(H.A.shape[0], np.ones(1), np.eye(1), D_ev, D_U, H.B, pd)
+    for b, B in enumerate(H.B):
+        S -= np.einsum("eik,eil->kl", B, f.Dinv(b, B))
+    ev, U, ok = _spd(S)
+    f.S_evals, f.S_evecs, f.pd = ev, U, pd and ok
+    return f
+
+
+class BlockLaplace:
+    """The block-arrow Hessian stages of :class:`lartpc_bayes.infer.LaplaceFitter`
+    (``hessian="block"``): Newton polish, Schur covariance, draws, importance sampling."""
+
+    def __init__(self, batch: EventBatch) -> None:
+        self.batch = batch
+        self._fns = _block_fns(batch)
+
+    def hessian(self, x) -> BlockHessian:
+        return block_hessian(self.batch, x, self._fns)
+
+    def _split_np(self, v) -> tuple[np.ndarray, list[np.ndarray]]:
+        th, locs = self.batch.split(jnp.asarray(v))
+        return np.asarray(th, np.float64), [np.asarray(loc, np.float64) for loc in locs]
+
+    def newton(self, value_and_grad, x, max_steps: int, tol: float):
+        """Damped Newton with the block solve (backtracking, float32 noise tolerance as in the
+        dense ``_newton_polish``). Returns (x, BlockHessian, factor, info)."""
+        value, g = value_and_grad(x)
+        info = {"steps": 0, "decrement": float("nan"), "value": float(value),
+                "grad_norm": float(jnp.linalg.norm(g))}
+        while True:
+            H = self.hessian(x)
+            if not H.finite():
+                return x, H, None, info
+            F = factorise(H)
+            gt, gl = self._split_np(g)
+            dt, dl = F.solve(gt, gl)
+            dx = np.concatenate([dt] + [d.reshape(-1) for d in dl])
+            info["decrement"] = float(np.sqrt(max(np.dot(np.asarray(g, np.float64), dx), 0.0)))
+            if (F.pd and info["decrement"] < tol) or info["steps"] == max_steps:
+                return x, H, F, info
+            best = None
+            for kk in range(10):
+                x_new = x - jnp.asarray((0.5 ** kk) * dx, x.dtype)
+                v_new, g_new = value_and_grad(x_new)
+                if bool(jnp.isfinite(v_new)) and (best is None or float(v_new) < best[1]):
+                    best = (x_new, float(v_new), g_new)
+            if best is None or best[1] > float(value) + 1e-6 * abs(float(value)):
+                return x, H, F, info
+            x, value, g = best[0], jnp.asarray(best[1]), best[2]
+            info["steps"] += 1
+            info["value"] = float(value)
+            info["grad_norm"] = float(jnp.linalg.norm(g))
+
+    def transform(self, F: _Factor, x_map: np.ndarray, w0: np.ndarray,
+                  w_loc: list[np.ndarray]) -> np.ndarray:
+        """x(w) for draws w = (w0 (n, k), [w_e (n, E, n_l)]): the block whitening map."""
+        th0, loc0 = self._split_np(x_map)
+        dth = (w0 / np.sqrt(F.S_evals)) @ F.S_evecs.T  # S^{-1/2} w0
+        parts = [th0 + dth]
+        for b, B in enumerate(F.B):
+            shift = np.einsum("eik,nk->nei", B, dth)
+            mean = loc0[b][None] - np.stack([F.Dinv(b, s) for s in shift])
+            U, ev = F.D_evecs[b], F.D_evals[b]
+            noise = np.einsum("eij,nej->nei", U, w_loc[b] / np.sqrt(ev)[None])
+            parts.append((mean + noise).reshape(w0.shape[0], -1))
+        return np.concatenate(parts, axis=1)
+
+    def draws(self, F: _Factor, x_map, rng: np.random.Generator, n: int,
+              nu: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """n draws of the Gaussian (or, with ``nu``, t in theta) proposal and its log density."""
+        from scipy import stats
+
+        k = F.k
+        if nu is None:
+            w0 = rng.standard_normal((n, k))
+            lq0 = stats.multivariate_normal(np.zeros(k)).logpdf(w0)
+        else:
+            w0 = stats.multivariate_t(np.zeros(k), np.eye(k), df=nu).rvs(n, random_state=rng)
+            w0 = np.atleast_2d(w0).reshape(n, k)
+            lq0 = stats.multivariate_t(np.zeros(k), np.eye(k), df=nu).logpdf(w0)
+        lq = np.atleast_1d(lq0) + 0.5 * np.log(F.S_evals).sum()
+        wl = []
+        for b, B in enumerate(F.B):
+            w = rng.standard_normal((n, *B.shape[:2]))
+            wl.append(w)
+            lq = lq - 0.5 * (w ** 2).sum((1, 2)) - 0.5 * np.log(2 * np.pi) * w[0].size \
+                + 0.5 * np.log(F.D_evals[b]).sum()
+        return self.transform(F, x_map, w0, wl), lq
+
+    def importance(self, F: _Factor, U_batch, x_map, rng, num_draws: int,
+                   n_proposal: int | None = None, nu: float = 7.0):
+        """PSIS over the block proposal (t in theta, conditional Gaussian latents)."""
+        import arviz_stats  # noqa: F401
+        import xarray as xr
+
+        n_proposal = n_proposal or 2 * num_draws
+        xp, lq = self.draws(F, x_map, rng, n_proposal, nu)
+        logp = -np.asarray(U_batch(jnp.asarray(xp, jnp.float32)), np.float64)
+        lw = np.where(np.isfinite(logp), logp - lq, -np.inf)
+        lw = lw - np.max(lw)
+        smoothed, khat = xr.DataArray(-lw, dims=["draw"]).azstats.psislw(dim="draw")
+        smoothed = np.asarray(getattr(smoothed, "values", smoothed), np.float64)
+        w = np.exp(smoothed - np.max(smoothed))
+        w = w / w.sum()
+        u = (rng.random() + np.arange(num_draws)) / num_draws
+        idx = np.minimum(np.searchsorted(np.cumsum(w), u), n_proposal - 1)
+        return xp[idx], {"pareto_k": float(np.asarray(getattr(khat, "values", khat))),
+                         "is_ess": float(1.0 / np.sum(w ** 2))}
+
+    def finish(self, fitter, x, tb, t0: float, t1: float, *, seed: int, num_draws: int,
+               importance: bool, n_proposal: int | None) -> dict[str, Any]:
+        """Steps 3-4 of :meth:`LaplaceFitter.fit` with the block Hessian; same output keys, with
+        ``cov_theta`` (k, k) instead of the dense ``cov_unconstrained`` and ``block_factor``."""
+        x, _H, F, newton = self.newton(lambda v: fitter._value_and_grad(v, tb), x,
+                                      fitter.newton_steps, fitter.newton_tol)
+        t2 = time.perf_counter()
+        out: dict[str, Any] = {
+            "x_map": np.asarray(x), "potential": newton["value"],
+            "grad_norm": newton["grad_norm"], "iterations": None, "newton_steps": newton["steps"],
+            "newton_decrement": newton["decrement"], "map_s": t1 - t0, "hessian_s": t2 - t1,
+            "ok": False,
+        }
+        if F is None:
+            out["error"] = "the Hessian of the potential at the MAP is not finite"
+            return out
+        out["hessian_eigenvalues"] = F.S_evals  # of the Schur complement (theta marginal)
+        out["min_eigenvalue"] = float(F.S_evals.min())
+        if not F.pd:
+            out["error"] = ("the Hessian at the optimum is not positive definite (a block or the "
+                            "Schur complement): no Laplace approximation; use NUTS")
+            return out
+        rng = np.random.default_rng(seed)
+        if importance:
+            t3 = time.perf_counter()
+            xs, info = self.importance(F, lambda v: fitter._U_batch(v, tb), np.asarray(x),
+                                       rng, num_draws, n_proposal)
+            out.update(info)
+            out["importance_s"] = time.perf_counter() - t3
+        else:
+            xs, _ = self.draws(F, np.asarray(x), rng, num_draws)
+        out["draws"] = fitter.to_physical(xs)
+        out["map"] = {k: v[0] for k, v in fitter.to_physical(np.asarray(x)[None]).items()}
+        out["map_unconstrained"] = {"x": np.asarray(x)}
+        out["cov_theta"] = F.cov_theta
+        out["cov_unconstrained"] = None
+        out["block_factor"] = F
+        out["ok"] = True
+        return out
+
+
+def whitened_nuts(
+    fitter, fit: dict[str, Any], *, sampler: str = "numpyro", seed: int = 0,
+    num_warmup: int = 200, num_draws: int = 500,
+) -> dict[str, Any]:
+    """NUTS on the joint posterior whitened by the block factor of a block-Laplace ``fit``.
+
+    Potential in w: ``U(x(w))`` with :meth:`BlockLaplace.transform` (linear, constant Jacobian:
+    the same posterior). ``sampler`` "numpyro" (``NUTS(potential_fn=...)``) or "blackjax"
+    (``window_adaptation`` + ``nuts``), both with a diagonal mass matrix on the same potential.
+    Returns {"draws": physical sites, "divergences", "mean_steps", "nuts_s", "x": flat draws}.
+    """
+    bl: BlockLaplace = fitter._block
+    F: _Factor = fit["block_factor"]
+    batch = bl.batch
+    tb = batch.tables
+    k = batch.k
+    x_map = np.asarray(fit["x_map"], np.float64)
+    shapes = [B.shape[:2] for B in F.B]
+    n_w = k + sum(a * b for a, b in shapes)
+    th0, loc0 = bl._split_np(x_map)
+    Sm = jnp.asarray(F.S_evecs / np.sqrt(F.S_evals), jnp.float32)  # S^{-1/2} = U diag(1/sqrt)
+    Bj = [jnp.asarray(B, jnp.float32) for B in F.B]
+    DU = [jnp.asarray(U, jnp.float32) for U in F.D_evecs]
+    Dev = [jnp.asarray(e, jnp.float32) for e in F.D_evals]
+
+    def x_of_w(w):
+        w0, i, parts = w[:k], k, []
+        dth = Sm @ w0
+        parts.append(jnp.asarray(th0, jnp.float32) + dth)
+        for b, (E, m) in enumerate(shapes):
+            we = w[i:i + E * m].reshape(E, m)
+            i += E * m
+            sh = jnp.einsum("eik,k->ei", Bj[b], dth)
+            dinv = jnp.einsum("eij,ej->ei", DU[b], jnp.einsum("eji,ej->ei", DU[b], sh) / Dev[b])
+            noise = jnp.einsum("eij,ej->ei", DU[b], we / jnp.sqrt(Dev[b]))
+            parts.append((jnp.asarray(loc0[b], jnp.float32) - dinv + noise).reshape(-1))
+        return jnp.concatenate(parts)
+
+    def Uw(w):
+        return batch.potential(x_of_w(w), tb)
+
+    t0 = time.perf_counter()
+    key = jax.random.key(seed)
+    w0 = jnp.zeros(n_w, jnp.float32)
+    if sampler == "numpyro":
+        from numpyro.infer import MCMC, NUTS
+
+        mcmc = MCMC(NUTS(potential_fn=Uw, target_accept_prob=0.85), num_warmup=num_warmup,
+                    num_samples=num_draws, progress_bar=False)
+        mcmc.run(key, init_params=w0, extra_fields=("diverging", "num_steps"))
+        ws = np.asarray(mcmc.get_samples())
+        ex = mcmc.get_extra_fields()
+        div, nst = np.asarray(ex["diverging"]), np.asarray(ex["num_steps"])
+    elif sampler == "blackjax":
+        import blackjax
+
+        @jax.jit
+        def run(key):
+            k1, k2 = jax.random.split(key)
+            logd = lambda w: -Uw(w)  # noqa: E731
+            adapt = blackjax.window_adaptation(blackjax.nuts, logd, target_acceptance_rate=0.85)
+            (state, params), _ = adapt.run(k1, w0, num_steps=num_warmup)
+            kernel = blackjax.nuts(logd, **params)
+
+            def step(st, kk):
+                st, info = kernel.step(kk, st)
+                return st, (st.position, info.is_divergent, info.num_integration_steps)
+
+            return jax.lax.scan(step, state, jax.random.split(k2, num_draws))[1]
+
+        pos, div, nst = run(key)
+        ws, div, nst = np.asarray(pos), np.asarray(div), np.asarray(nst)
+    else:
+        raise ValueError(f"sampler must be 'numpyro' or 'blackjax', got {sampler!r}")
+    xs = np.asarray(jax.jit(jax.vmap(x_of_w))(jnp.asarray(ws, jnp.float32)))
+    return {"draws": fitter.to_physical(xs), "x": xs, "divergences": int(div.sum()),
+            "mean_steps": float(nst.mean()), "nuts_s": time.perf_counter() - t0}
