@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -153,7 +154,7 @@ def calibrate_file(
 
     Files without true segments (LArPix packets, ndlar_flow hits, hit files without
     ``truth/segments``) and ``reco={"force": True, ...}`` go through the reconstruction
-    (:func:`lartpc_bayes.reco.fit.calibrate_data`; options in ``reco``: card, layout, t0,
+    (:func:`calibrate_data`; options in ``reco``: card, layout, t0,
     geometry_latents, tpc_offset, reco_output, force).
     """
     from .results import format_report, latent_truth, make_plots, save_datatree
@@ -161,7 +162,6 @@ def calibrate_file(
     reco = dict(reco or {})
     hf = None if reco.pop("force", False) else _try_read_hits(hits_path)
     if hf is None or hf.segments is None:
-        from .reco.fit import calibrate_data
 
         return calibrate_data(
             hits_path, output, method=method, fix=fix, latent_length_cm=latent_length_cm,
@@ -220,6 +220,66 @@ def _try_read_hits(path: str | Path):
 #: axis (short readout windows; the steep tracks of the 15-degree default cost several times more
 #: per cm and are for the validation campaign).
 DEMO_MIN_ANGLE_DEG = 60.0
+
+
+def calibrate_data(
+    path: str | Path,
+    output: str | Path,
+    *,
+    card: DetectorCard | str | None = None,
+    layout: str | Path | None = None,
+    t0: str | float = "file",
+    geometry_latents: bool = True,
+    tpc_offset: bool = False,
+    method: str = "laplace",
+    fix: list[str] | None = None,
+    latent_length_cm: float = 5.0,
+    likelihood: str = "ppp",
+    eps: float = 1e-8,
+    seed: int = 0,
+    plots: str | Path | None = None,
+    progress: bool = True,
+    reco_output: str | Path | None = None,
+    **fit_kwargs: Any,
+) -> str:
+    """Calibrate from detector data alone: LArPix packets, ndlar_flow hits or a hit file without
+    ``truth/segments`` (or any file, for "half-fake data") -> reconstruction and selection
+    (:mod:`lartpc_bayes.reco`) -> a problem with the geometry latents
+    (:func:`lartpc_bayes.model.build_reco_problem`) -> fit. Writes the netCDF; returns the
+    report."""
+    from .likelihood import LikelihoodConfig
+    from .model import build_reco_problem
+    from .reco import load_data, reconstruct
+    from .results import format_report, make_plots, save_datatree
+
+    data = load_data(path, card, layout=layout)
+    res = reconstruct(data.hits, data.card, t0=t0, t0_source=data.t0_source)
+    if reco_output is not None:
+        from .reco.io import write_reco
+
+        write_reco(reco_output, res, data.card)
+    truth = data.hitfile.true_params if data.hitfile is not None else None
+    fixed = _parse_fix(list(fix or []), data.card, truth)
+    problem = build_reco_problem(
+        data.card, res, data.hits, geometry_latents=geometry_latents, tpc_offset=tpc_offset,
+        latent_length_cm=latent_length_cm, likelihood=LikelihoodConfig(kind=likelihood, eps=eps),
+        fixed=fixed,
+    )
+    dt = calibrate(problem, method=method, seed=seed, truth=truth, progress=progress,
+                   **fit_kwargs)
+    dt.attrs.update({f"reco_{k}": (v if isinstance(v, int | float | str) else str(v))
+                     for k, v in res.attrs.items()})
+    dt.attrs["reco_input"] = f"{data.kind}: {path}"
+    dt.attrs["reco_geometry_latents"] = int(geometry_latents)
+    dt.attrs["reco_tpc_drift_offset"] = int(tpc_offset)
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    save_datatree(dt, output)
+    make_plots(dt, Path(plots) if plots else Path(output).parent, Path(output).stem, data.card)
+    head = (f"data: {data.kind} {path}; t0: {res.attrs['t0_source']}; "
+            f"{res.attrs['n_selected']} of {res.attrs['n_tracks']} tracks selected "
+            f"({res.attrs['n_stopping']} stopping), {res.segments.n} segments, "
+            f"{res.attrs['length_cm']:.1f} cm\n")
+    return head + format_report(dt)
 
 
 def demo_sample(detector: str = "module0", n_tracks: int = 2, seed: int = 3):

@@ -258,8 +258,8 @@ def build_problem(
 
     Pixels whose largest possible charge anywhere in the prior box is below
     ``min_charge_fraction`` times the discriminator threshold are left out of the plan (they can
-    only fire on noise; see :func:`lartpc_bayes.forward.charge.plan_charge`); their hits count at the
-    likelihood floor. Tracks whose PDG code is in ``stopping_pdg`` get no dE/dx latents: their
+    only fire on noise; see :func:`lartpc_bayes.forward.charge.plan_charge`); their hits count at
+    the likelihood floor. Tracks whose PDG code is in ``stopping_pdg`` get no dE/dx latents: their
     dE/dx follows their residual range with a latent end point (:func:`stopping_tracks`).
 
     ``latent_prior="derived"`` gives every latent the split-t of the mean dE/dx over its own length
@@ -436,3 +436,19 @@ def _geometry_device(problem: CalibrationProblem, device, E):
         with numpyro.plate("tpc", g.n_tpc):
             tpc = numpyro.sample("tpc_drift_offset_cm", dist.Normal(0.0, g.tpc_offset_sd))
     return apply_geometry(device, g, E, problem.card.physics.temperature_K, shift, tpc)
+
+
+def build_reco_problem(card: DetectorCard, res, hits, *, geometry_latents: bool = True,
+                       tpc_offset: bool = False, cfg=None, **kwargs):
+    """:func:`build_problem` for reconstructed segments (``res``: a
+    :class:`lartpc_bayes.reco.RecoResult`): drift recomputed from
+    the measured drift time with the sampled E, plus the geometry latents when asked."""
+    from .reco.geometry import reco_geometry
+    from .reco.tracks import RecoConfig
+
+    cfg = cfg or RecoConfig()
+    if res.segments.n == 0:
+        raise ValueError("no reconstructed segment passes the selection: nothing to calibrate")
+    geom = reco_geometry(card, res.reco, track_latents=geometry_latents, tpc_offset=tpc_offset,
+                         sys_transverse_cm=cfg.sys_transverse_cm, sys_drift_cm=cfg.sys_drift_cm)
+    return build_problem(card, res.segments, hits, geometry=geom, **kwargs)

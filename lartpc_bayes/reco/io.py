@@ -13,6 +13,8 @@ Layout::
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import h5py
@@ -29,7 +31,6 @@ def write_reco(path: str | Path, res: RecoResult, card: DetectorCard) -> None:
     import yaml
 
     from ..detector import card_to_dict
-    from .fit import atomic_path
 
     r = res.reco
     s = r.segments
@@ -81,3 +82,20 @@ def read_reco(path: str | Path) -> dict[str, np.ndarray]:
         out = {k: f[k][()] for k in ("segments", "tracks", "cov_offset", "cov_dir")}
         out["attrs"] = dict(f.attrs)
     return out
+
+
+def atomic_path(path: str | Path):
+    """(temporary path beside ``path``, commit function doing os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+
+    def commit() -> None:
+        os.replace(tmp, path)
+
+    def abort() -> None:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+    return tmp, commit, abort

@@ -2,7 +2,7 @@
 (a) the true segments, (b) reconstructed segments with the geometry fixed, (c) reconstructed
 segments with geometry latents. One JSON per seed and fit (resumable). MAP + Laplace.
 
-``python -m lartpc_bayes.reco.halffake --seeds 0-19 --length 100 --out out/halffake``
+``python -m lartpc_bayes.validation.halffake --seeds 0-19 --length 100 --out out/halffake``
 """
 
 from __future__ import annotations
@@ -63,9 +63,8 @@ def _summ(fit, problem, truth, t_s: float) -> dict:
 def run_seed(seed: int, out: Path, length_cm: float, min_angle_deg: float,
              fits: tuple[str, ...] = FITS) -> None:
     from ..infer import run_laplace
-    from ..model import build_problem
-    from .fit import build_reco_problem
-    from .pipeline import reconstruct
+    from ..model import build_problem, build_reco_problem
+    from ..reco.pipeline import reconstruct
 
     todo = [f for f in fits if not (out / f"seed{seed:03d}_{f}.json").exists()]
     if not todo:

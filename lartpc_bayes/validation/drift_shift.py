@@ -1,7 +1,7 @@
 """Issue 12 item 4: segments shifted by 0.3 cm along the drift, fitted without and with the
 per-TPC drift-offset latent (card key ``geometry.drift_offset_sd_cm``). MAP + Laplace.
 
-``python -m lartpc_bayes.reco.drift_shift --seeds 100-102 --out out/drift_shift``
+``python -m lartpc_bayes.validation.drift_shift --seeds 100-102 --out out/drift_shift``
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ def run_seed(seed: int, out: Path, shift_cm: float = 0.3) -> None:
     from ..calibrate import DEMO_TARGET, demo_sample
     from ..infer import run_laplace
     from ..model import build_problem
-    from .geometry import drift_offset_geometry
+    from ..reco.geometry import drift_offset_geometry
 
     card, segs, hits, _ = demo_sample(n_tracks=2, seed=seed)
     ax = card.geometry.drift_axis
