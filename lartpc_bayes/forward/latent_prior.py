@@ -53,6 +53,7 @@ __all__ = [
     "channel_charge_rel_sd",
     "latent_prior_params",
     "latent_prior_table",
+    "sample_latent_means",
     "segment_dedx_variance",
     "split_t_cdf",
     "split_t_logpdf",

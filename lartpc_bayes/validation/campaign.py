@@ -149,6 +149,16 @@ PRESETS: dict[str, CampaignConfig] = {
     # the SBC problem with NUTS instead of Laplace (the check of the approximation)
     "sbc-ppp-nuts": CampaignConfig("sbc-ppp-nuts", "sbc", "ppp", _SBC3, n_replicas=100, seed=11,
                                    method="nuts"),
+    # issue 12: the closure re-run with the per-length latent priors and the straggling below the
+    # latent (the demo's two muons, 18.7 cm), and a >= 100 cm version (10 muons, generator seed 3)
+    "closure-12": CampaignConfig(
+        "closure-12", "closure", "ppp", n_replicas=30, seed=21, n_tracks=2, track_seed=3,
+        importance=False,
+    ),
+    "closure-12-long": CampaignConfig(
+        "closure-12-long", "closure", "ppp", n_replicas=30, seed=23, n_tracks=10, track_seed=3,
+        importance=False,
+    ),
     # CI subset (tests/test_validate.py): a tiny SBC
     "ci-sbc": CampaignConfig(
         "ci-sbc", "sbc", "ppp", ("k_B", "D_L"), n_replicas=4, seed=5, maxiter=200,
