@@ -12,6 +12,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from typing import NoReturn
 
 from .detector import PARAM_NAMES, CardError
 
@@ -40,11 +41,21 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from .detector import load_card
     from .detector.physics import nominal_params
     from .forward.generator import generate
-    from .forward.simulate import simulate_hits
+    from .forward.simulate import (
+        OUTSIDE_WARN_FRACTION,
+        account_segments,
+        check_physical_params,
+        explain_empty,
+        simulate_hits,
+    )
     from .io import read_segments, write_hits
 
-    card = load_card(args.detector)
     overrides = dict(args.param or [])
+    check_physical_params(overrides)  # unphysical values are errors before any work
+    _check_output_dir(args.output)
+    if getattr(args, "packets", None):
+        _check_output_dir(args.packets)
+    card = load_card(args.detector, getattr(args, "pixel_layout", None))
     for name, value in overrides.items():
         spec = card.param(name)
         if not spec.low <= value <= spec.high:
@@ -65,21 +76,40 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             args.seed,
             multiple_scattering=args.multiple_scattering,
         )
+    src = str(args.segments) if args.segments else "generator"
+    keep, acc = account_segments(card, segments)
+    allow_empty = getattr(args, "allow_empty", False)
+    if not keep.any() and not allow_empty:  # one error line, no warning before it
+        raise ValueError(f"{src}: nothing to simulate: {explain_empty(acc, None, card)} "
+                         f"(--allow-empty writes the empty hit file anyway)")
+    if acc.outside_fraction > OUTSIDE_WARN_FRACTION:
+        print(
+            f"warning: {src}: {acc.length_outside_cm:.1f} of {acc.length_cm:.1f} cm "
+            f"({100 * acc.outside_fraction:.1f} %) of the track length lies outside the active "
+            f"volume of card {card.name!r} ({card.source}) and is not simulated; check the "
+            f"coordinate frame (drift axis, larnd-sim tpc_offsets, the zbeam attribute) and that "
+            f"the card describes this detector",
+            file=sys.stderr,
+        )
+    sim_segments = segments.select(keep) if not keep.all() else segments
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     key = jax.random.key(args.seed)
     hits, s = simulate_hits(
         key,
         card,
-        segments,
+        sim_segments,
         params,
         noise=not args.no_noise,
         step_cm=args.step_cm,
         batch_length_cm=args.batch_length,
         progress=not args.quiet,
     )
+    if hits.n == 0 and not allow_empty:
+        raise ValueError(f"{src}: 0 hits, no output written: {explain_empty(acc, s, card)} "
+                         f"(--allow-empty writes the empty hit file anyway)")
     truth = {} if getattr(args, "no_truth", False) else {  # --no-truth: as a detector writes
-        "segments": segments, "true_dEdx": segments.dEdx, "true_params": params.to_dict(),
-        "seed": args.seed}
+        "segments": sim_segments, "true_dEdx": sim_segments.dEdx,
+        "true_params": params.to_dict(), "seed": args.seed}
     if getattr(args, "packets", None):
         from .io import write_packets
 
@@ -92,16 +122,52 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         extra_attrs={
             "sample": args.sample if not args.segments else str(args.segments),
             "noise": int(not args.no_noise),
+            **acc.attrs(),
         },
     )
+    light_line = ""
+    if getattr(args, "light", None):
+        light_line = _simulate_light(args, card, sim_segments, params)
     dt = time.perf_counter() - t_start
     adc_mean = float(np.mean(hits.adc)) if hits.n else float("nan")
     print(
         f"{s.n_tracks} tracks, {s.n_segments} segments ({s.length_cm:.1f} cm), "
         f"{s.n_channels} pixels, {s.n_hits} hits (mean ADC {adc_mean:.1f}), "
-        f"charge {s.charge_e / 1e6:.3f} Me- -> {args.output} in {dt:.1f} s"
+        f"charge {s.charge_e / 1e6:.3f} Me- -> {args.output} in {dt:.1f} s; input: {acc.line()}"
+        f"{light_line}"
     )
     return 0
+
+
+def _simulate_light(args: argparse.Namespace, card, segments, params) -> str:
+    """``simulate --light CARD``: stochastic photo-electrons per light channel and event from the
+    same segments and parameters as the charge (:mod:`lartpc_bayes.light`), written as the
+    ``light/`` group of the hit file. Returns the summary-line fragment."""
+    from .light import load_light_card, plan_light, simulate_light, write_light
+
+    lc = load_light_card(args.light)
+    lt = simulate_light(args.seed, plan_light(lc, segments), segments.dEdx, params, card.physics,
+                        lc, noise="none" if args.no_noise else "poisson")
+    write_light(args.output, lt, light_card=lc.name)
+    return f"; light ({lc.name}): {float(lt.pe.sum()):.0f} pe on {lt.pe.shape[1]} channels"
+
+
+def _check_output_dir(output: str) -> None:
+    """Fail before any work when the output's directory cannot be created (a missing directory is
+    created at write time; a file in the way or a read-only ancestor is an error)."""
+    import os
+    from pathlib import Path
+
+    target = Path(output)
+    if target.is_dir():
+        raise IsADirectoryError(f"-o {output}: is a directory")
+    anc = target.parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise NotADirectoryError(f"-o {output}: {anc} is not a directory")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise PermissionError(f"-o {output}: directory {anc} is not writable")
 
 
 def _fit_args(p: argparse.ArgumentParser) -> None:
@@ -194,9 +260,24 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    import warnings
+
+    from .io.common import describe_file
     from .results import check_file
 
-    print(check_file(args.result, outdir=args.plots, quiet=True))
+    kind = describe_file(args.result)
+    if kind != "netcdf":
+        raise ValueError(f"{args.result}: {kind}; 'check' reads the netCDF written by "
+                         f"'lartpc-bayes fit' or 'demo'")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # xarray/h5netcdf phony_dims notices
+        try:
+            text = check_file(args.result, outdir=args.plots, quiet=True)
+        except (ValueError, KeyError) as exc:
+            msg = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
+            raise ValueError(msg if str(args.result) in msg else
+                             f"{args.result}: not a fit result ({msg})") from exc
+    print(text)
     return 0
 
 
@@ -220,8 +301,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (``prog: error: message``) and exit code 2, no usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lartpc-bayes", description=__doc__.splitlines()[0])
+    p = _Parser(prog="lartpc-bayes", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("simulate", help="simulate LArPix hits from generated or larnd-sim segments")
@@ -245,6 +333,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-truth", action="store_true",
                    help="write the hit file as a detector would: no truth group")
     s.add_argument("--packets", help="also write the hits as LArPix packets (HDF5) to this path")
+    s.add_argument("--pixel-layout", help="larnd-sim pixel-layout YAML, when --detector is a "
+                   "larnd-sim detector-properties YAML (the two files are read into a card)")
+    s.add_argument("--allow-empty", action="store_true",
+                   help="write the hit file even when no hit is produced (else: an error saying "
+                   "which cut or bound removed the charge)")
+    s.add_argument("--light", metavar="CARD",
+                   help="also simulate the light readout with this light card (e.g. "
+                   "light_module0); written as the hit file's light/ group")
     s.add_argument("-o", "--output", required=True, help="output hit file (HDF5)")
     s.set_defaults(func=_cmd_simulate)
 
@@ -309,21 +405,123 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # parallel MCMC chains on CPU need host devices, which must be set before JAX starts
-    from .infer import enable_compilation_cache, set_host_devices
-
-    set_host_devices()
-    # compiled executables persist across runs ($LARTPC_BAYES_CACHE_DIR=off disables)
-    enable_compilation_cache()
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "n_tracks", 1) is not None and getattr(args, "n_tracks", 1) < 1:
-        parser.error("--n-tracks must be >= 1")
+    # SIGINT/SIGTERM: one line and exit 130 from the start, no partial output (_interrupt_guard)
+    previous = _sigterm_as_interrupt()
+    outputs: list[str] = []
+    state = {"command": "command"}
+    release = _interrupt_guard(outputs, state)
     try:
+        # parallel MCMC chains on CPU need host devices, which must be set before JAX starts
+        from .infer import enable_compilation_cache, set_host_devices
+
+        set_host_devices()
+        # compiled executables persist across runs ($LARTPC_BAYES_CACHE_DIR=off disables)
+        enable_compilation_cache()
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        state["command"] = args.command
+        outputs.extend(o for o in (getattr(args, k, None) for k in ("output", "packets",
+                                                                     "reco_output"))
+                       if isinstance(o, str))
+        if getattr(args, "n_tracks", 1) is not None and getattr(args, "n_tracks", 1) < 1:
+            parser.error("--n-tracks must be >= 1")
         return int(args.func(args) or 0)
     except (CardError, ValueError, OSError, KeyError) as exc:
-        print(f"lartpc-bayes {args.command}: error: {exc}", file=sys.stderr)
+        text = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # no repr quotes
+        msg = " ".join(str(text).split())  # one line
+        print(f"lartpc-bayes {state['command']}: error: {msg}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # SIGINT, or SIGTERM through _sigterm_as_interrupt
+        print(f"lartpc-bayes {state['command']}: interrupted; no output written (outputs are "
+              f"written atomically)", file=sys.stderr)
+        return 130
+    finally:
+        if release is not None:
+            release()
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
+
+
+#: Seconds the main thread gets to act on SIGINT/SIGTERM before the guard ends the process.
+INTERRUPT_GRACE_S = 2.0
+
+
+def _interrupt_guard(outputs: list[str], state: dict[str, str]):
+    """Make SIGINT/SIGTERM effective while the main thread is inside native code (an XLA
+    compilation can take minutes, and Python signal handlers only run between bytecodes).
+
+    The C-level signal handler writes to a wake-up pipe (:func:`signal.set_wakeup_fd`); a daemon
+    thread waits on it, gives the main thread ``INTERRUPT_GRACE_S`` to raise KeyboardInterrupt
+    (then the atomic writers clean up), and otherwise removes the temporary files of ``outputs``
+    (``.<name>.*.tmp`` of the io writers, ``<name>.tmp-*`` of the netCDF writer), prints one
+    line and ends the process with exit code 130. The final outputs appear only through
+    ``os.replace``, so no partial file is left. ``outputs`` and ``state["command"]`` are read when
+    a signal arrives (filled in once the arguments are parsed). Returns a function that removes
+    the guard.
+    """
+    import os
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    try:
+        old_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    except ValueError:  # pragma: no cover - not the main interpreter
+        os.close(r)
+        os.close(w)
+        return None
+    done = threading.Event()
+
+    def watch() -> None:
+        from pathlib import Path
+
+        try:
+            got = os.read(r, 1)
+        except OSError:
+            return
+        if not got or done.wait(INTERRUPT_GRACE_S):
+            return
+        for out in outputs:
+            p = Path(out)
+            for tmp in [*p.parent.glob(f".{p.name}.*.tmp"), *p.parent.glob(f"{p.name}.tmp-*")]:
+                tmp.unlink(missing_ok=True)
+        sys.stderr.write(f"lartpc-bayes {state['command']}: interrupted; no output written "
+                         f"(outputs are written atomically)\n")
+        sys.stderr.flush()
+        os._exit(130)
+
+    threading.Thread(target=watch, name="lartpc-bayes-interrupt", daemon=True).start()
+
+    def release() -> None:
+        done.set()
+        signal.set_wakeup_fd(old_fd)
+        os.close(w)  # the watcher's read returns b"" and the thread ends
+        os.close(r)
+
+    return release
+
+
+def _sigterm_as_interrupt() -> object | None:
+    """Turn SIGTERM into KeyboardInterrupt so that atomic writers remove their temporary files
+    (a plain SIGTERM ends the process without unwinding); returns the previous handler."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def _raise(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, _raise)
+    except (ValueError, OSError):  # pragma: no cover - not settable here
+        return None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -21,6 +21,7 @@ from .card import (
 )
 from .geometry import (
     drift_distance,
+    length_inside,
     pixel_center,
     pixel_from_id,
     pixel_id,
@@ -30,6 +31,7 @@ from .geometry import (
     tpc_of_points,
     tpc_pixel_counts,
 )
+from .larndsim import load_larndsim_card
 from .physics import (
     MOBILITY_A,
     MOBILITY_T0_K,
@@ -67,8 +69,10 @@ __all__ = [
     "drift_velocity",
     "electron_mobility",
     "ionization_electrons",
+    "length_inside",
     "lifetime_factor",
     "load_card",
+    "load_larndsim_card",
     "nominal_params",
     "pad_fraction",
     "parse_card",

@@ -3,7 +3,7 @@
 A card is a YAML file in ``models/`` (``module0``, ``2x2``, ``ndlar``) or any path. It is parsed
 into frozen dataclasses that are hashable, so a card can be a static argument of a jitted function;
 the six calibration parameters are *not* part of the static card but a separate pytree
-(:class:`lartpc_bayes.physics.DetectorParams`), so a new parameter value never recompiles.
+(:class:`lartpc_bayes.detector.physics.DetectorParams`), so a new parameter value never recompiles.
 
 Every error names the file and the offending key.
 """
@@ -208,14 +208,44 @@ def resolve_card_path(name_or_path: str | Path) -> Path:
     return cand
 
 
-def load_card(name_or_path: str | Path = "module0") -> DetectorCard:
-    """Load and validate a detector card by shipped name or path."""
+def load_card(
+    name_or_path: str | Path = "module0", pixel_layout: str | Path | None = None
+) -> DetectorCard:
+    """Load and validate a detector card by shipped name or path.
+
+    A larnd-sim detector-properties YAML is read too, with its pixel-layout YAML
+    (``pixel_layout``; :mod:`lartpc_bayes.detector.larndsim`). A larnd-sim pixel layout alone, or a
+    calorimeter card (:mod:`lartpc_bayes.calo`), is refused with a message saying what to do.
+    """
+    from . import larndsim
+
     path = resolve_card_path(name_or_path)
     fname = str(path)
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise CardError(f"{fname}: not valid YAML ({exc})") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CardError(f"{fname}: cannot read detector card ({exc})") from exc
+    if isinstance(raw, dict) and "geometry" not in raw:
+        if larndsim.is_larndsim_pixel_layout(raw):
+            raise CardError(
+                f"{fname}: this is a larnd-sim pixel-layout YAML, not a detector card; give it as "
+                f"--pixel-layout together with larnd-sim's detector-properties YAML as --detector "
+                f"(or use a shipped card: --detector module0, 2x2, ndlar)"
+            )
+        if larndsim.is_larndsim_detector_properties(raw):
+            return larndsim.load_larndsim_card(path, pixel_layout)
+    if isinstance(raw, dict) and isinstance(raw.get("geometry"), dict) and (
+        "n_layers" in raw["geometry"] or "shower" in raw
+    ):
+        raise CardError(
+            f"{fname}: this is a calorimeter card (lartpc_bayes.calo), not a LArTPC detector "
+            f"card; use it with 'lartpc-bayes calo simulate|fit --card {fname}'"
+        )
+    if pixel_layout is not None:
+        raise CardError(f"{fname}: --pixel-layout is only used with a larnd-sim "
+                        f"detector-properties YAML as --detector")
     return parse_card(raw, fname)
 
 
@@ -327,6 +357,8 @@ def parse_card(raw: Any, fname: str = "<card>") -> DetectorCard:
             )
         if not lo <= nom <= hi:
             raise CardError(f"{fname}: key '{pre}nominal' = {nom} outside [{lo}, {hi}]")
+        if pname == "A_B" and hi > 1.0:
+            raise CardError(f"{fname}: key '{pre}high' = {hi}: A_B is a fraction, at most 1")
         params.append(
             ParamSpec(pname, nom, lo, hi, str(spec.get("unit", "")), str(spec.get("source", "")))
         )

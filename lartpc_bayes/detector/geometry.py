@@ -26,6 +26,41 @@ def tpc_id_offsets(card: DetectorCard) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(n[:, 0] * n[:, 1])]).astype(np.int64)
 
 
+def length_inside(card: DetectorCard, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Length (cm) of each straight segment that lies inside the card's drift volumes.
+
+    start, end : (N, 3) cm. Each TPC is the box between its anode and cathode on the drift axis and
+    inside its pixel plane (the volume of :func:`tpc_of_points`); the segment
+    ``p(s) = start + s (end - start)``, s in [0, 1], is clipped to every box (slab method:
+    s in [max_k s_lo_k, min_k s_hi_k] over the three axes) and the clipped lengths are summed (the
+    boxes of a card do not overlap). Zero-length segments have length 0.
+    """
+    g = card.geometry
+    a = np.asarray(start, np.float64).reshape(-1, 3)
+    d = np.asarray(end, np.float64).reshape(-1, 3) - a
+    length = np.linalg.norm(d, axis=1)
+    total = np.zeros(a.shape[0])
+    for t in g.tpcs:
+        lo = np.zeros(3)
+        hi = np.zeros(3)
+        lo[g.drift_axis] = min(t.anode_cm, t.cathode_cm)
+        hi[g.drift_axis] = max(t.anode_cm, t.cathode_cm)
+        for k, ax in enumerate(g.plane_axes):
+            lo[ax], hi[ax] = t.plane_min_cm[k], t.plane_max_cm[k]
+        s0 = np.zeros(a.shape[0])
+        s1 = np.ones(a.shape[0])
+        for ax in range(3):
+            moving = d[:, ax] != 0
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ta = (lo[ax] - a[:, ax]) / d[:, ax]
+                tb = (hi[ax] - a[:, ax]) / d[:, ax]
+            inside_slab = (a[:, ax] >= lo[ax]) & (a[:, ax] <= hi[ax])
+            s0 = np.where(moving, np.maximum(s0, np.minimum(ta, tb)), np.where(inside_slab, s0, 1))
+            s1 = np.where(moving, np.minimum(s1, np.maximum(ta, tb)), np.where(inside_slab, s1, 0))
+        total += np.clip(s1 - s0, 0.0, None) * length
+    return total
+
+
 def tpc_of_points(card: DetectorCard, xyz: np.ndarray, margin_cm: float = 0.0) -> np.ndarray:
     """Index of the TPC containing each point (-1 outside every drift volume).
 

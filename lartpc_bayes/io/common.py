@@ -230,3 +230,43 @@ def _yaml_file(path: str | Path, what: str) -> dict:
     if not isinstance(raw, dict):
         raise IOFormatError(f"{p}: {what} YAML must be a mapping")
     return raw
+
+
+def describe_file(path: str | Path) -> str:
+    """``"netcdf"`` for a file that may be a netCDF-4 fit result, else one phrase saying what it is.
+
+    Reads only the file signature and the HDF5 top level (no data): a missing file raises
+    FileNotFoundError naming it; a non-HDF5 file (empty, truncated, text, netCDF-3) and the
+    package's other HDF5 formats (hit files, LArPix packets, larnd-sim segments, ndlar_flow) are
+    named, so that a command expecting a fit result can say what it got instead.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such file")
+    if p.is_dir():
+        return "is a directory"
+    with open(p, "rb") as fh:
+        head = fh.read(8)
+    if head[:3] == b"CDF":
+        return "is a netCDF-3 (classic) file, not a netCDF-4 fit result"
+    if not h5py.is_hdf5(p):
+        what = "empty" if not head else "no HDF5/netCDF-4 signature"
+        return f"is not a netCDF file ({what}: truncated, or another format)"
+    try:
+        with h5py.File(p, "r") as f:
+            keys = set(f.keys())
+            fmt = _attr_to_py(f.attrs.get("format", ""))
+            has_version = "format_version" in f.attrs
+    except OSError as exc:
+        return f"is not a readable HDF5/netCDF-4 file (truncated or corrupt: {exc})"
+    if "hits" in keys and (has_version or "hits" in str(fmt)):
+        return (f"is a hit file (HDF5, 'lartpc-bayes simulate' format), not a fit result: run "
+                f"'lartpc-bayes fit {p} -o result.nc' first")
+    if "packets" in keys:
+        return "is a LArPix packets file (HDF5), not a fit result: run 'lartpc-bayes fit' on it"
+    if "segments" in keys and len(keys) <= 4:
+        return "is a larnd-sim segments file (HDF5), not a fit result: 'lartpc-bayes simulate "\
+            "--segments' reads it"
+    if "charge" in keys:
+        return "is an ndlar_flow file (HDF5), not a fit result: run 'lartpc-bayes fit' on it"
+    return "netcdf"
