@@ -249,3 +249,20 @@ def test_joint_fit_recovers_target():
         assert abs(s.mean() - target[p]) < 3 * s.std(), (p, s.mean(), s.std())
     assert set(PARAM_NAMES) - set(fixed) == {"A_B", "k_B"}
     assert channel_mask(LC, seg.start).shape == (seg.n, 32)
+
+
+def test_simulate_cli_writes_light_beside_the_hits(tmp_path):
+    """``lartpc-bayes simulate --light``: the light/ group of the hit file, one row per event."""
+    from lartpc_bayes.cli import main
+    from lartpc_bayes.io import read_hits
+    from lartpc_bayes.light import read_light
+
+    out = tmp_path / "hits.h5"
+    rc = main(["simulate", "--detector", "module0", "--sample", "muons", "--n-tracks", "2",
+               "--seed", "4", "--light", "light_module0", "-q", "-o", str(out)])
+    assert rc == 0
+    hf = read_hits(out)  # the hit file is intact
+    lt = read_light(out)
+    assert lt.pe.ndim == 2 and lt.pe.shape[0] == len(np.unique(hf.hits.event_id))
+    assert np.all(lt.pe >= 0) and lt.pe.sum() > 100  # two muons give hundreds of pe
+    assert np.allclose(lt.pe, np.round(lt.pe))  # Poisson counts

@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 from scipy import optimize, special
 
+from ..detector.card import MODELS_DIR
 from . import energy_loss as el
 from . import generator as gen
 
@@ -66,6 +67,8 @@ DEFAULT_LENGTH_GRID_CM: tuple[float, ...] = tuple(float(x) for x in 0.4 * 2.0 **
 MC_SEGMENTS = 1_000_000
 #: at most this many latent means per grid length (the fit's statistical error ~ 1/sqrt(N))
 MC_LATENTS = 40_000
+#: precomputed tables of the shipped cards' configurations (same key as the user cache)
+SHIPPED_DIR = MODELS_DIR / "latent_prior"
 #: bump when the table's definition changes (invalidates the disk cache)
 _TABLE_VERSION = 1
 PARAM_KEYS = ("loc", "s_left", "s_right", "nu_left", "nu_right")
@@ -179,11 +182,14 @@ def _table(key: str, density: float, segment_length_cm: float, mass_MeV: float,
            muon_momentum_MeV: float | None, spectrum: tuple[float, float], max_zenith: float,
            delta_ray_cut: float | None, grid: tuple[float, ...], seed: int) -> dict:
     path = _cache_dir() / f"latent_prior_{key}.json"
-    if path.is_file():
-        try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError):
-            pass  # unreadable cache: recompute
+    # tables of the shipped configurations come with the package (models/latent_prior/, made by
+    # this function with the default seed), so a fresh machine does not spend a minute on them
+    for known in (SHIPPED_DIR / path.name, path):
+        if known.is_file():
+            try:
+                return json.loads(known.read_text())
+            except (OSError, ValueError):
+                pass  # unreadable: recompute
     cfg = gen.GeneratorConfig(muon_momentum_MeV=muon_momentum_MeV,
                               spectrum_momentum_range_MeV=spectrum, max_zenith_deg=max_zenith,
                               delta_ray_cut_MeV=delta_ray_cut)
