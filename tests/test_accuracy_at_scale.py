@@ -29,7 +29,6 @@ def test_default_likelihood_matches_converged_reference_at_scale(tmp_path):
     length = float(os.environ.get("LARTPC_ACCURACY_CM", "1000"))
     res = accuracy_at_scale.main(["--length", str(length), "--out", str(tmp_path / "acc.json")])
     p = res["params"]
-    assert res["default_grad_norm_at_map"] < 1e-2
     for name in accuracy_at_scale.PARAMS:
         assert abs(p[name]["mean_shift_in_sd"]) <= 0.1, (name, p[name])
         assert abs(p[name]["sd_ratio_ref_over_default"] - 1.0) <= 0.05, (name, p[name])
