@@ -44,8 +44,9 @@ from .readout_prob import N_NODES, hit_log_intensity, readout_tensors, sequentia
 class LikelihoodConfig:
     """kind: "ppp" or "sequential"; eps: floor per hit; floor: "hard" (max) or "smooth"
     (logaddexp); n_nodes: Gauss-Hermite nodes over the reset noise; mark: "gaussian" or "exact"
-    ADC-bin probability (:func:`lartpc_bayes.likelihood.readout_prob.log_adc_prob`); max_hits: per bucket, the
-    static size of the compacted hit list of the PPP (empty: every slot of the table; hits beyond it
+    ADC-bin probability (:func:`lartpc_bayes.likelihood.readout_prob.log_adc_prob`); max_hits:
+    per bucket, the static size of the compacted hit list of the PPP (empty: every slot of the
+    table; hits beyond it
     are counted at the floor, see :func:`hit_list_sizes`); max_lag: lag band of the later reset rows
     (0 = exact, see :func:`lartpc_bayes.likelihood.readout_prob.readout_tensors`)."""
 
@@ -125,7 +126,8 @@ def table_to_hits(plan: ChargePlan, table: np.ndarray) -> Hits:
 
 def hit_list_sizes(plan: ChargePlan, table: np.ndarray, margin: float = 2.0) -> tuple[int, ...]:
     """Static per-bucket sizes of the PPP's compacted hit list: ``margin`` times the observed hits
-    (at least 16), rounded with :func:`lartpc_bayes.forward.charge.padded_size`, at most the table size."""
+    (at least 16), rounded with :func:`lartpc_bayes.forward.charge.padded_size`, at most the table
+    size."""
     from ..forward.charge import padded_size
 
     out = []
@@ -196,8 +198,8 @@ class LArPixReadout(Distribution):
     """Distribution of the LArPix hit table given the expected charge of every channel.
 
     ``log_prob(table)`` is :func:`log_likelihood`; ``sample`` runs the stochastic readout
-    (:mod:`lartpc_bayes.forward.readout`) on the same charges, so ``Predictive`` and posterior-predictive
-    checks need no extra plumbing. The event shape is (channels, M, 2) int32.
+    (:mod:`lartpc_bayes.forward.readout`) on the same charges, so ``Predictive`` and
+    posterior-predictive checks need no extra plumbing. The event shape is (channels, M, 2) int32.
 
     ``charge_rel_sd`` (optional, per bucket (C,)): relative sd f of each channel's charge from the
     straggling below the latent length; ``log_prob`` widens the charge mark by it and ``sample``

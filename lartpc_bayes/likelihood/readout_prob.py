@@ -1,7 +1,8 @@
 r"""Probabilistic LArPix readout: the distribution of the hit sequence given the expected charge.
 
-This is the likelihood's forward model of :mod:`lartpc_bayes.forward.readout`, exact for that simulator up
-to a Gauss-Hermite quadrature over the reset noise. For one channel with cumulative charge ``Q[u]``
+This is the likelihood's forward model of :mod:`lartpc_bayes.forward.readout`, exact for that
+simulator up to a Gauss-Hermite quadrature over the reset noise. For one channel with
+cumulative charge ``Q[u]``
 (electrons at the end of tick u of its window, ``Q[-1] = 0``), hold H, reset R and busy B ticks,
 ``D1 = H + R + B + 1``:
 
