@@ -19,7 +19,6 @@ Tolerances are derived, not tuned:
 from __future__ import annotations
 
 import itertools
-import time
 
 import h5py
 import jax
@@ -148,11 +147,10 @@ def test_other_tpc_sees_nothing():
 
 
 def test_module0_library_build_save_load(tmp_path):
-    """Module-0 library at the card's 2 cm voxels: < 60 s (issue 15; ~1-3 s measured), HDF5
-    round trip, look-up at voxel centres returns the stored values."""
-    t0 = time.perf_counter()
+    """Module-0 library at the card's 2 cm voxels (its build time, 1-4 s against the issue's
+    one minute, is a measurement for docs/light.md, not an assertion), HDF5 round trip, look-up
+    at voxel centres returns the stored values."""
     lib = build_library(LC)
-    assert time.perf_counter() - t0 < 60
     assert lib.vis.shape == (2, 32, 63, 16, 32)
     path = save_library(lib, tmp_path / "lib.h5", LC)
     assert not list(tmp_path.glob("*.tmp"))

@@ -7,7 +7,7 @@ Landau-Vavilov most probable loss, PDG 2024 eq. 34.12, and the electron-range de
 distribution narrows and moves towards the restricted mean as L grows (the published split-t of
 ~0.4 cm muon segments, mode 1.87 MeV/cm, describes L = 0.4 cm only; at 5 cm the mean is ~2.0
 MeV/cm). :func:`latent_prior_table` tabulates it by Monte Carlo with the generator's own deposit
-sampler (``generator._landau_deposits``) and momentum model (fixed momentum, or the Reyna sea-level
+sampler (``cosmics._landau_deposits``) and momentum model (fixed momentum, or the Reyna sea-level
 spectrum with the generator's cos^2 zenith law), fits a split Student-t by maximum likelihood on
 each of a log-spaced grid of lengths, and :func:`latent_prior_params` interpolates (loc, log s,
 log nu) linearly in log L for any length.
@@ -46,6 +46,7 @@ import numpy as np
 from scipy import optimize, special
 
 from ..detector.card import MODELS_DIR
+from . import cosmics
 from . import energy_loss as el
 from . import generator as gen
 
@@ -153,7 +154,7 @@ def sample_latent_means(
     """``n`` latent means sum(dE)/sum(dx) (MeV/cm) over ``length_cm`` of a through-going track.
 
     The length is cut into ceil(L/segment_length) equal pieces (as the generator cuts a track's
-    chord in a TPC) whose deposits come from ``generator._landau_deposits`` at the track's
+    chord in a TPC) whose deposits come from ``cosmics._landau_deposits`` at the track's
     kinetic energy; momenta as the generator draws them (``config.muon_momentum_MeV`` or the Reyna
     spectrum with dN/dcos(zenith) ~ cos^2). The energy lost along the latent (~2 MeV/cm, against
     GeV/c momenta) is neglected.
@@ -164,11 +165,11 @@ def sample_latent_means(
     if cfg.muon_momentum_MeV is None:
         cmin = math.cos(math.radians(cfg.max_zenith_deg))
         cz = np.cbrt(cmin**3 + (1.0 - cmin**3) * rng.uniform(size=n))
-        mom = gen._sample_reyna_momentum(rng, cz, cfg.spectrum_momentum_range_MeV)
+        mom = cosmics._sample_reyna_momentum(rng, cz, cfg.spectrum_momentum_range_MeV)
     else:
         mom = np.full(n, float(cfg.muon_momentum_MeV))
     kin = np.repeat(el.kinetic_energy_from_momentum(mom, mass_MeV), k)
-    de = gen._landau_deposits(rng, kin, dx, mass_MeV, density, cfg)[0]
+    de = cosmics._landau_deposits(rng, kin, dx, mass_MeV, density, cfg)[0]
     return de.reshape(n, k).sum(1) / length_cm
 
 

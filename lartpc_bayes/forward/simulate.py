@@ -81,7 +81,8 @@ class SegmentAccounting(NamedTuple):
 
     def line(self) -> str:
         """The accounting part of the one-line summary."""
-        return (f"outside the active volume {self.length_outside_cm:.1f} of {self.length_cm:.1f} "
+        return (f"{self.n_segments} segments, outside the active volume "
+                f"{self.length_outside_cm:.1f} of {self.length_cm:.1f} "
                 f"cm ({100 * self.outside_fraction:.1f} %, {self.n_outside} segments entirely); "
                 f"zero-length {self.n_zero_length}; |t0| > {T0_LIMIT_US:.0f} us {self.n_t0_out}")
 
