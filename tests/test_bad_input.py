@@ -226,6 +226,10 @@ CASES: list[tuple[str, Callable[[Path], list[str]], tuple[str, ...]]] = [
      (SEG, "zero length", "--allow-empty")),
     ("seg_t0_far_outside", _sim_seg(lambda t: _segments(t, t0=1e9)),
      (SEG, "|t0| >", "--allow-empty")),
+    ("seg_below_threshold", lambda t: ["simulate", "--segments", str(_segments(
+        t, start=np.array([[0.0, 0, -15]]), end=np.array([[0.0, 0, -14.5]]), dE=[1e-4])),
+        "--no-noise", "-q", "-o", str(t / OUT)],
+     (SEG, "0 hits", "threshold", "--allow-empty")),
     # detector cards
     ("card_missing_key", _sim_card(lambda t: _card(t, _del("physics.w_ion_MeV"))),
      ("card.yaml", "physics.w_ion_MeV")),
@@ -282,12 +286,14 @@ def test_interrupted_fit_leaves_no_partial_netcdf(tmp_path, sig):
     out = tmp_path / "res" / "fit.nc"
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     proc = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from lartpc_bayes.cli import main; "
+        # a shell's background job ignores SIGINT and children inherit that: restore Python's
+        # default handler (KeyboardInterrupt), as in an interactive terminal
+        [sys.executable, "-c", "import signal, sys; "
+         "signal.signal(signal.SIGINT, signal.default_int_handler); "
+         "from lartpc_bayes.cli import main; "
          "print('imported', flush=True); sys.exit(main(sys.argv[1:]))", "fit", str(hits),
          "--method", "laplace", "-q", "-o", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        # a shell's background job ignores SIGINT and children inherit that: restore the default
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "imported"  # the package is loaded
     time.sleep(3.0)  # main() is running: problem set-up / compilation, long before the fit ends

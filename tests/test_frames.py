@@ -164,3 +164,15 @@ def test_simulate_reads_larndsim_files(tmp_path, capsys):
     with h5py.File(out) as f:
         assert f.attrs["card_name"] == "larndsim:module0"
     assert read_hits(out).card.geometry.tpcs[1].anode_cm == pytest.approx(30.59)
+
+
+def test_allow_empty_writes_the_empty_file_with_its_accounting(tmp_path, capsys):
+    seg_file = tmp_path / "far.h5"
+    write_segments(seg_file, make_segments([[0.0, 500, -15]], [[0.0, 502, -15]], [1.0]),
+                   swap_xz=False)
+    out = tmp_path / "empty.h5"
+    rc = main(["simulate", "--segments", str(seg_file), "--allow-empty", "-q", "-o", str(out)])
+    cap = capsys.readouterr()
+    assert rc == 0 and "1 segments, outside the active volume 2.0 of 2.0 cm" in cap.out
+    hf = read_hits(out)
+    assert hf.hits.n == 0 and hf.attrs["input_n_outside"] == 1
