@@ -257,6 +257,8 @@ def describe_file(path: str | Path) -> str:
             keys = set(f.keys())
             fmt = _attr_to_py(f.attrs.get("format", ""))
             has_version = "format_version" in f.attrs
+            if "_NCProperties" in f.attrs:  # written by a netCDF-4 library (h5netcdf, netCDF4)
+                return "netcdf"
     except OSError as exc:
         return f"is not a readable HDF5/netCDF-4 file (truncated or corrupt: {exc})"
     if "hits" in keys and (has_version or "hits" in str(fmt)):
