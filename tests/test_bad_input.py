@@ -241,6 +241,9 @@ CASES: list[tuple[str, Callable[[Path], list[str]], tuple[str, ...]]] = [
     ("card_nominal_outside", _sim_card(lambda t: _card(
         t, _put("parameters.E", {"nominal": 0.9, "low": 0.45, "high": 0.55}))),
      ("card.yaml", "parameters.E.nominal")),
+    ("card_A_B_prior_above_1", _sim_card(lambda t: _card(
+        t, _put("parameters.A_B", {"nominal": 0.8, "low": 0.78, "high": 1.2}))),
+     ("card.yaml", "parameters.A_B.high", "at most 1")),
     ("card_calorimeter", _sim("--detector", "calo_ecal"),
      ("calo_ecal.yaml", "calorimeter card", "lartpc-bayes calo")),
     ("card_larndsim_without_layout", _sim_card(_larndsim_detprop),
