@@ -4,7 +4,8 @@ The problem: 15 segments (6.0 cm) of the generated muon ``generate(module0, 'muo
 (segments 7..21, 46.5 deg to the drift axis), 22 pixel channels. At this angle a pixel sees the
 track for ~3 us, so several channels get two hits (the second after the 2.9 us dead time), and the
 pixels next to the track get none: the problem has zero-hit and multi-hit channels. Hits come from
-:func:`lartpc_bayes.forward.simulate.simulate_hits` at the card's nominal parameters and the true dE/dx.
+:func:`lartpc_bayes.forward.simulate.simulate_hits` at the card's nominal parameters and the true
+dE/dx.
 
 Gradients and scans run in float64 (``jax.enable_x64`` inside each test, plans built with
 ``dtype=jnp.float64``) on a plan with a single window class of 96 ticks (the default classes give
