@@ -39,6 +39,13 @@ def problem_and_tables():
     return problem, tables
 
 
+@pytest.fixture(scope="module")
+def fitter(problem_and_tables):
+    """One compiled fitter for the module (its L-BFGS loop, gradient and Hessian compile once;
+    every test below fits tables of the same shape with it)."""
+    return LaplaceFitter(problem_and_tables[0])
+
+
 def test_chunked_hessian_equals_jax_hessian():
     # a non-separable quartic with a data argument: the chunked columns must reproduce the full
     # forward-over-reverse Hessian for any chunk size (including one that does not divide dim)
@@ -55,9 +62,8 @@ def test_chunked_hessian_equals_jax_hessian():
         np.testing.assert_allclose(H, ref, rtol=1e-5, atol=1e-4 * np.abs(ref).max())
 
 
-def test_fitter_compiles_once_per_shape(problem_and_tables):
-    problem, tables = problem_and_tables
-    fitter = LaplaceFitter(problem)
+def test_fitter_compiles_once_per_shape(problem_and_tables, fitter):
+    _, tables = problem_and_tables
     fits = [fitter.fit(tb, seed=0, num_draws=200) for tb in tables]
     assert all(f["ok"] for f in fits), [f.get("error") for f in fits]
     # two data sets, one compiled L-BFGS loop and one compiled Hessian
@@ -70,9 +76,8 @@ def test_fitter_compiles_once_per_shape(problem_and_tables):
         assert set(f["draws"]) >= {"E", "D_T", "dEdx"}
 
 
-def test_run_laplace_is_the_fitter(problem_and_tables):
+def test_run_laplace_is_the_fitter(problem_and_tables, fitter):
     problem, tables = problem_and_tables
-    fitter = LaplaceFitter(problem)
     direct = fitter.fit(tables[0], seed=4, num_draws=500)
     wrapped = run_laplace(dataclasses.replace(problem, table=tables[0]), seed=4, num_samples=500,
                           fitter=fitter)
