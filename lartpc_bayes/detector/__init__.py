@@ -1,5 +1,6 @@
-"""Detector description: validated cards (geometry, electronics, physics constants, priors), pixel
-geometry, and the drift/recombination/diffusion microphysics.
+"""Detector description: validated cards (card; loading by name or path, larnd-sim's YAML files
+included, in load and larndsim), pixel geometry (geometry), and the
+drift/recombination/diffusion microphysics (physics).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from .card import (
     ParamSpec,
     Physics,
     card_to_dict,
-    load_card,
     parse_card,
     resolve_card_path,
 )
@@ -31,7 +31,17 @@ from .geometry import (
     tpc_of_points,
     tpc_pixel_counts,
 )
-from .larndsim import load_larndsim_card
+from .larndsim import (
+    LARNDSIM_DEFAULTS,
+    PRIOR_RANGES,
+    card_from_larndsim,
+    is_larndsim_detector_properties,
+    is_larndsim_pixel_layout,
+    load_larndsim_card,
+)
+from .load import (
+    load_card,
+)
 from .physics import (
     MOBILITY_A,
     MOBILITY_T0_K,
@@ -49,10 +59,12 @@ from .physics import (
 )
 
 __all__ = [
+    "LARNDSIM_DEFAULTS",
     "MOBILITY_A",
     "MOBILITY_T0_K",
     "MODELS_DIR",
     "PARAM_NAMES",
+    "PRIOR_RANGES",
     "TPC",
     "CardError",
     "DetectorCard",
@@ -63,12 +75,15 @@ __all__ = [
     "Physics",
     "birks_recombination",
     "box_recombination",
+    "card_from_larndsim",
     "card_to_dict",
     "diffusion_sigma",
     "drift_distance",
     "drift_velocity",
     "electron_mobility",
     "ionization_electrons",
+    "is_larndsim_detector_properties",
+    "is_larndsim_pixel_layout",
     "length_inside",
     "lifetime_factor",
     "load_card",
