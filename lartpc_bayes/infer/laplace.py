@@ -43,6 +43,11 @@ from .common import FitResult, nominal_init
 
 __all__ = ["LaplaceFitter", "drift_field_scan", "importance_resample", "run_laplace"]
 
+#: potentials evaluated at once in the E scan and the importance sampling (``lax.map`` batch):
+#: each holds the likelihood's temporaries, ~180 MB per potential for 200 cm of track, so 64 at
+#: once needed 11.6 GB (benchmarks/fit_memory.py, issue 16); 4 keep the scan at the memory of a
+#: gradient and cost nothing measurable on CPU (the evaluations are compute-bound)
+BATCH_POTENTIALS = 4
 #: stall test of the L-BFGS loop: U decreased by less than this over STALL_WINDOW iterations
 STALL_TOL = 1e-4
 STALL_WINDOW = 10
@@ -110,7 +115,7 @@ class LaplaceFitter:
         self._value_and_grad = jax.jit(jax.value_and_grad(U))
         self._hessian = jax.jit(_chunked_hessian(U, self.dim, hessian_chunk))
         self._U_batch = jax.jit(
-            lambda xs, table: jax.lax.map(lambda x: U(x, table), xs, batch_size=64)
+            lambda xs, table: jax.lax.map(lambda x: U(x, table), xs, batch_size=BATCH_POTENTIALS)
         )
         self._minimise = jax.jit(self._lbfgs)
         self._constrain = jax.jit(
@@ -144,7 +149,9 @@ class LaplaceFitter:
         U = batch.potential
         self._U = U
         self._value_and_grad = jax.jit(jax.value_and_grad(U))
-        self._U_batch = jax.jit(jax.vmap(U, in_axes=(0, None)))
+        self._U_batch = jax.jit(
+            lambda xs, table: jax.lax.map(lambda x: U(x, table), xs, batch_size=BATCH_POTENTIALS)
+        )
         self._minimise = jax.jit(self._lbfgs)
         self._constrain = None
         self._nuts = None
