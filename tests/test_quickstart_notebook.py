@@ -35,6 +35,7 @@ def _has_image(cell) -> bool:
     return any("image/png" in o.get("data", {}) for o in cell.get("outputs", []))
 
 
+@pytest.mark.notebook  # ~6.5 CPU-minutes of compilation: CI runs it in its own step (.ci/run)
 def test_quickstart_notebook_executes() -> None:
     nb = nbformat.read(NOTEBOOK, as_version=4)
     client = nbclient.NotebookClient(
