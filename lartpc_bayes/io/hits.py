@@ -7,7 +7,7 @@
                                  + user attributes (``extra_attrs``)
     /hits                 (H,) compound: event_id i8, pixel_id i8, tick i8, adc i2
                           attrs: tick_us [us]; tick = trigger (threshold-crossing) tick counted from
-                          the event's t = 0; pixel_id = global id of lartpc_bayes.geometry
+                          the event's t = 0; pixel_id = global id of lartpc_bayes.detector.geometry
     /card                 scalar UTF-8 string: the detector card as YAML (card_to_dict, safe_dump)
     /truth                (optional group) attrs: seed (i8, when given)
     /truth/segments       (N,) compound: event_id i8, track_id i8, pdg_id i8,
