@@ -200,10 +200,8 @@ class LaplaceFitter:
         # NumPyro's bijection of the uniform prior: E = lo + (hi - lo) sigmoid(u)
         u = (grid - spec.low) / (spec.high - spec.low)
         xs[:, j] = np.log(u) - np.log1p(-u)
-        vals = np.concatenate([  # in slices of 32: memory of 32 potentials at a time
-            np.asarray(self._U_batch(jnp.asarray(xs[i:i + 32], jnp.float32), table))
-            for i in range(0, len(xs), 32)]) if self._block is not None else np.asarray(
-            self._U_batch(jnp.asarray(xs, jnp.float32), table))
+        # both paths' batched potential maps BATCH_POTENTIALS at a time: one call, one shape
+        vals = np.asarray(self._U_batch(jnp.asarray(xs, jnp.float32), table))
         vals = np.where(np.isfinite(vals), vals, np.inf)
         return jnp.asarray(xs[int(np.argmin(vals))], jnp.float32)
 
