@@ -497,8 +497,22 @@ def _interrupt_guard(outputs: list[str], state: dict[str, str]):
 
     threading.Thread(target=watch, name="lartpc-bayes-interrupt", daemon=True).start()
 
+    # A signal handler runs between any two bytecodes, also inside a garbage-collector callback
+    # (jax registers one); a KeyboardInterrupt raised there cannot propagate: Python reports it
+    # as "Exception ignored in ..." with a traceback and goes on. The watcher above ends the
+    # process within INTERRUPT_GRACE_S anyway, so such an interrupt is dropped without a word.
+    previous_hook = sys.unraisablehook
+
+    def quiet_interrupt(unraisable) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            return
+        previous_hook(unraisable)
+
+    sys.unraisablehook = quiet_interrupt
+
     def release() -> None:
         done.set()
+        sys.unraisablehook = previous_hook
         signal.set_wakeup_fd(old_fd)
         os.close(w)  # the watcher's read returns b"" and the thread ends
         os.close(r)

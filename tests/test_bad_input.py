@@ -307,3 +307,26 @@ def test_interrupted_fit_leaves_no_partial_netcdf(tmp_path, sig):
     assert "interrupted" in err and "Traceback" not in err
     left = [p.name for p in tmp_path.rglob("*") if p.suffix in (".nc", ".tmp") or "tmp" in p.name]
     assert not left, left
+
+
+def test_interrupt_inside_gc_callback_is_silent(capfd):
+    """A SIGINT/SIGTERM handler can raise inside a garbage-collector callback (jax has one), where
+    Python prints "Exception ignored ... Traceback" and goes on; under the guard that is dropped
+    (the guard's watcher ends the process with its one line)."""
+    import gc
+
+    from lartpc_bayes.cli import _interrupt_guard
+
+    release = _interrupt_guard([], {"command": "fit"})
+
+    def raise_interrupt(phase, info):
+        raise KeyboardInterrupt
+
+    gc.callbacks.append(raise_interrupt)
+    try:
+        gc.collect()
+    finally:
+        gc.callbacks.remove(raise_interrupt)
+        release()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
