@@ -309,6 +309,7 @@ def test_interrupted_fit_leaves_no_partial_netcdf(tmp_path, sig):
     assert not left, left
 
 
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 def test_interrupt_inside_gc_callback_is_silent(capfd):
     """A SIGINT/SIGTERM handler can raise inside a garbage-collector callback (jax has one), where
     Python prints "Exception ignored ... Traceback" and goes on; under the guard that is dropped
