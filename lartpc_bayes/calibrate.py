@@ -78,7 +78,7 @@ def calibrate(
         k: jnp.asarray(v) for k, v in lap.map_values.items() if k in (*problem.free, *LATENT_SITES)
     }
     timings = {"map_laplace_s": lap.timings["fit_s"]}
-    hess = hessian_at_optimum(problem, lap.map_values)
+    hess = hessian_at_optimum(problem, lap.map_values, laplace=lap)
     if method in ("nuts", "blackjax"):
         sampler = run_nuts if method == "nuts" else run_blackjax
         fit = sampler(

@@ -13,9 +13,10 @@ Algorithm (:meth:`LaplaceFitter.fit`):
    sites at the start values (:func:`drift_field_scan` explains why: from a start whose arrival
    times are off by more than the rising edge of the charge, every hit sits on the likelihood
    floor and the potential has no slope towards the truth).
-2. optax L-BFGS (zoom line search) in one ``lax.while_loop`` until the gradient norm is below
-   ``gtol`` or U stalls (a decrease below 1e-4 over ten iterations: float32 gradients of a
-   potential of O(1e3) have a noise floor at the 1e-3 level).
+2. L-BFGS (scipy's L-BFGS-B on the host, each step one call of the compiled value and gradient;
+   the block path: optax L-BFGS in one ``lax.while_loop``) until the gradient is below ``gtol``
+   or U stalls (a decrease below 1e-4 over ten iterations: float32 gradients of a potential of
+   O(1e3) have a noise floor at the 1e-3 level).
 3. Saddle-free damped Newton with the exact Hessian (forward-over-reverse) until H is positive
    definite and the Newton decrement :math:`\sqrt{g^T H^{-1} g}` -- the distance to the optimum in
    posterior standard deviations -- is below ``newton_tol``.
@@ -41,7 +42,13 @@ from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
 from ..model import LATENT_SITES, CalibrationProblem, calibration_model
 from .common import FitResult, nominal_init
 
-__all__ = ["LaplaceFitter", "drift_field_scan", "importance_resample", "run_laplace"]
+__all__ = [
+    "LaplaceFitter",
+    "drift_field_scan",
+    "importance_resample",
+    "pseudo_correlation_from_hessian",
+    "run_laplace",
+]
 
 #: potentials evaluated at once in the E scan and the importance sampling (``lax.map`` batch):
 #: each holds the likelihood's temporaries, ~180 MB per potential for 200 cm of track, so 64 at
@@ -117,7 +124,10 @@ class LaplaceFitter:
         self._U_batch = jax.jit(
             lambda xs, table: jax.lax.map(lambda x: U(x, table), xs, batch_size=BATCH_POTENTIALS)
         )
-        self._minimise = jax.jit(self._lbfgs)
+        # L-BFGS on the host over the compiled value and gradient: one compiled program holds the
+        # likelihood instead of a second one (optax's zoom line search inlines the potential's
+        # value and gradient again: 34 s of compilation on a 5 cm problem, more than the fit)
+        self._minimise = self._lbfgs_host
         self._constrain = jax.jit(
             lambda xs: jax.lax.map(
                 lambda v: constrain_fn(model, (problem,), {**kw, "hits": dummy},
@@ -182,6 +192,41 @@ class LaplaceFitter:
         init = (x0, opt.init(x0), hist0, jnp.asarray(jnp.inf, x0.dtype), 0)
         x, _, hist, gnorm, it = jax.lax.while_loop(cond, step, init)
         return x, hist[-1], gnorm, it
+
+    def _lbfgs_host(self, x0, table):
+        """L-BFGS (scipy's L-BFGS-B, no bounds) from ``x0``, each step one call of the compiled
+        value and gradient; stop at ``gtol`` (largest gradient component), after ``maxiter``
+        iterations, on a stall (U decreased by less than STALL_TOL over STALL_WINDOW iterations)
+        or when the line search finds no decrease (the float32 noise floor; the Newton polish
+        takes over). Returns ``(x, U, |grad|, iterations)`` as the jitted loop does."""
+        from scipy.optimize import minimize
+
+        vg = self._value_and_grad
+        seen: dict[str, Any] = {}
+        hist: list[float] = []
+
+        def fun(x):
+            v, g = vg(jnp.asarray(x, jnp.float32), table)
+            v, g = float(v), np.asarray(g, np.float64)
+            if not (np.isfinite(v) and np.all(np.isfinite(g))):
+                return np.inf, np.zeros_like(g)  # the line search backs off
+            if v < seen.get("v", np.inf):
+                seen.update(v=v, x=np.array(x), g=g)
+            return v, g
+
+        def stall(intermediate_result):
+            hist.append(float(intermediate_result.fun))
+            if len(hist) > STALL_WINDOW and hist[-STALL_WINDOW - 1] - hist[-1] < STALL_TOL:
+                raise StopIteration
+
+        res = minimize(fun, np.asarray(x0, np.float64), jac=True, method="L-BFGS-B",
+                       callback=stall,
+                       options={"maxiter": self.maxiter, "gtol": self.gtol, "ftol": 0.0,
+                                "maxcor": 10, "maxls": 30})
+        if "x" not in seen:  # not even the start was finite: hand it on, the polish reports
+            return jnp.asarray(x0, jnp.float32), jnp.inf, jnp.inf, int(res.nit)
+        return (jnp.asarray(seen["x"], jnp.float32), seen["v"], float(np.linalg.norm(seen["g"])),
+                int(res.nit))
 
     def start(self, table, init: dict | None = None, scan_E: bool = True) -> jax.Array:
         """Unconstrained start point: ``init`` (default nominal) with E from the grid scan."""
@@ -282,6 +327,8 @@ class LaplaceFitter:
         out["map"] = {k: v[0] for k, v in self.to_physical(np.asarray(x)[None]).items()}
         out["map_unconstrained"] = {k: np.asarray(v) for k, v in self.unravel(x).items()}
         out["cov_unconstrained"] = cov
+        out["hessian_unconstrained"] = H
+        out["grad_unconstrained"] = newton["grad"]
         out["ok"] = True
         return out
 
@@ -408,7 +455,48 @@ def _newton_polish(value_and_grad, hessian, x, max_steps: int, tol: float):
         info["steps"] += 1
         info["value"] = float(value)
         info["grad_norm"] = float(jnp.linalg.norm(g))
+    info["grad"] = np.asarray(g, np.float64)
     return x, H, info
+
+
+def pseudo_correlation_from_hessian(
+    problem: CalibrationProblem, unravel: Callable, x: np.ndarray, H: np.ndarray, g: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    r"""The Hessian pseudo-correlation of talk 002 (:func:`~lartpc_bayes.infer.common.
+    hessian_pseudo_correlation`) from the Laplace fit's Hessian, without compiling another one.
+
+    The potential is :math:`U(x) = \mathrm{nlp}(\theta(x)) - \sum_i \log\theta_i'(x_i)` with
+    :math:`\theta_i = lo_i + w_i\,\sigma(x_i)` for every free parameter (NumPyro's bijection of its
+    uniform prior) and nlp the negative log posterior at fixed latents. With
+    :math:`J_i = \log\theta_i'`, :math:`J_i' = 1 - 2\sigma`, :math:`J_i'' = -2\sigma(1-\sigma)`,
+    :math:`\theta_i'' = w\sigma(1-\sigma)(1-2\sigma)` and :math:`g^\theta_i = (g_i + J_i')/\theta_i'`:
+
+    .. math:: \partial^2_{\theta_i\theta_j}\mathrm{nlp} = \frac{H_{ij} + \delta_{ij}J_i''}
+              {\theta_i'\theta_j'} - \delta_{ij}\,\frac{g^\theta_i\,\theta_i''}{\theta_i'^2}
+
+    (the latent rows of H are not used: the latents are held at the optimum). In units of the
+    nominal values (:math:`y = \theta/\theta_\mathrm{nom}`) the inverse is scaled to unit diagonal.
+    x, H, g : unconstrained point, Hessian and gradient of U there. Returns (correlation, sd in
+    physical units), as :func:`hessian_pseudo_correlation`.
+    """
+    from .common import cov_to_corr
+
+    free = list(problem.free)
+    z = unravel(jnp.asarray(x, jnp.float32))
+    idx = np.array([_flat_index(z, p) for p in free], np.int64)
+    x = np.asarray(x, np.float64)[idx]
+    lo = np.array([problem.card.param(p).low for p in free], np.float64)
+    w = np.array([problem.card.param(p).high for p in free], np.float64) - lo
+    nom = np.array([problem.card.nominal()[p] for p in free], np.float64)
+    sg = 1.0 / (1.0 + np.exp(-x))
+    d1 = w * sg * (1.0 - sg)
+    d2 = d1 * (1.0 - 2.0 * sg)
+    g_theta = (np.asarray(g, np.float64)[idx] + (1.0 - 2.0 * sg)) / d1
+    Hs = np.asarray(H, np.float64)[np.ix_(idx, idx)] + np.diag(-2.0 * sg * (1.0 - sg))
+    H_theta = Hs / np.outer(d1, d1) - np.diag(g_theta * d2 / d1**2)
+    H_y = H_theta * np.outer(nom, nom)
+    corr, sd_norm = cov_to_corr(np.linalg.pinv(0.5 * (H_y + H_y.T)))
+    return corr, sd_norm * nom
 
 
 def importance_resample(
@@ -497,6 +585,9 @@ def run_laplace(
     map_values = dict(fit["map"])
     map_values.update({k: v for k, v in fit["map_unconstrained"].items() if k in LATENT_SITES})
     info = {k: fit[k] for k in ("pareto_k", "is_ess") if k in fit}
+    info["hessian_pseudo"] = pseudo_correlation_from_hessian(
+        problem, fitter.unravel, fit["x_map"], fit["hessian_unconstrained"],
+        fit["grad_unconstrained"])
     return FitResult(
         "laplace-is" if importance else "laplace",
         samples,

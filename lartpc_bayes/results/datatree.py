@@ -393,9 +393,17 @@ def _sanitize_hessian(corr_sd: tuple[np.ndarray, np.ndarray], scale: np.ndarray 
     return corr, sd
 
 
-def hessian_at_optimum(problem, map_values: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, str]:
+def hessian_at_optimum(problem, map_values: dict[str, Any], laplace=None
+                       ) -> tuple[np.ndarray, np.ndarray, str]:
     """:func:`lartpc_bayes.infer.hessian_pseudo_correlation` with NaN rows where the Hessian
-    is not positive definite; returns (corr, sd, method) ready for ``to_datatree(hessian=...)``."""
+    is not positive definite; returns (corr, sd, method) ready for ``to_datatree(hessian=...)``.
+
+    ``laplace``: a :func:`lartpc_bayes.infer.run_laplace` result at ``map_values``; its Hessian
+    gives the same matrix by the chain rule
+    (:func:`lartpc_bayes.infer.laplace.pseudo_correlation_from_hessian`) without compiling a
+    second Hessian of the likelihood."""
+    if laplace is not None and "hessian_pseudo" in laplace.info:
+        return (*_sanitize_hessian(laplace.info["hessian_pseudo"]), "laplace hessian, chain rule")
     from ..infer import hessian_pseudo_correlation
 
     corr, sd = hessian_pseudo_correlation(problem, map_values)
