@@ -469,7 +469,8 @@ def pseudo_correlation_from_hessian(
     :math:`\theta_i = lo_i + w_i\,\sigma(x_i)` for every free parameter (NumPyro's bijection of its
     uniform prior) and nlp the negative log posterior at fixed latents. With
     :math:`J_i = \log\theta_i'`, :math:`J_i' = 1 - 2\sigma`, :math:`J_i'' = -2\sigma(1-\sigma)`,
-    :math:`\theta_i'' = w\sigma(1-\sigma)(1-2\sigma)` and :math:`g^\theta_i = (g_i + J_i')/\theta_i'`:
+    :math:`\theta_i'' = w\sigma(1-\sigma)(1-2\sigma)` and
+    :math:`g^\theta_i = (g_i + J_i')/\theta_i'`:
 
     .. math:: \partial^2_{\theta_i\theta_j}\mathrm{nlp} = \frac{H_{ij} + \delta_{ij}J_i''}
               {\theta_i'\theta_j'} - \delta_{ij}\,\frac{g^\theta_i\,\theta_i''}{\theta_i'^2}
