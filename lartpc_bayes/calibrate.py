@@ -89,6 +89,7 @@ def calibrate(
             num_chains=chains,
             init=init,
             progress=progress,
+            inverse_mass_matrix=lap.info["cov"],
         )
     elif method in ("laplace", "laplace-is"):
         fit = lap

@@ -69,8 +69,18 @@ def tiny(data):
 
 
 @pytest.fixture(scope="module")
-def nuts_fit(tiny):
-    return run_nuts(tiny, seed=1, num_warmup=300, num_samples=300, num_chains=2)
+def laplace_start(tiny):
+    """MAP and Laplace covariance of ``tiny``: both samplers start there, as ``calibrate`` does."""
+    lap = run_laplace(tiny, seed=0, num_samples=10)
+    init = {k: v for k, v in lap.map_values.items() if k in (*tiny.free, "z_dEdx")}
+    return init, lap.info["cov"]
+
+
+@pytest.fixture(scope="module")
+def nuts_fit(tiny, laplace_start):
+    init, cov = laplace_start
+    return run_nuts(tiny, seed=1, num_warmup=300, num_samples=300, num_chains=2, init=init,
+                    inverse_mass_matrix=cov)
 
 
 def test_short_nuts_converges(nuts_fit, tiny):
@@ -83,8 +93,10 @@ def test_short_nuts_converges(nuts_fit, tiny):
         assert abs(s.mean() - DEMO_TARGET[p]) < 3 * s.std(), p
 
 
-def test_numpyro_and_blackjax_nuts_agree(nuts_fit, tiny):
-    bj = run_blackjax(tiny, seed=2, num_warmup=300, num_samples=300, num_chains=2)
+def test_numpyro_and_blackjax_nuts_agree(nuts_fit, tiny, laplace_start):
+    init, cov = laplace_start
+    bj = run_blackjax(tiny, seed=2, num_warmup=300, num_samples=300, num_chains=2, init=init,
+                      inverse_mass_matrix=cov)
     assert int(bj.stats["diverging"].sum()) == 0
     for name in (*tiny.free, "z_dEdx"):
         a = nuts_fit.samples[name].reshape(2, 300, -1)

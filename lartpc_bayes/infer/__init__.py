@@ -19,6 +19,7 @@ from .common import (
     potential_and_transforms,
     predictive_hits,
     prior_samples,
+    pseudo_correlation_from_hessian,
     set_host_devices,
 )
 from .laplace import (
@@ -55,6 +56,7 @@ __all__ = [
     "potential_and_transforms",
     "predictive_hits",
     "prior_samples",
+    "pseudo_correlation_from_hessian",
     "run_blackjax",
     "run_laplace",
     "run_map",

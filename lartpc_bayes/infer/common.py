@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
+from jax.flatten_util import ravel_pytree
 from numpyro.infer import Predictive, init_to_value
 from numpyro.infer.util import initialize_model
 
@@ -99,6 +100,52 @@ def hessian_pseudo_correlation(
         raise FloatingPointError("the Hessian of the negative log posterior is not finite")
     corr, sd_norm = cov_to_corr(np.linalg.pinv(0.5 * (H + H.T)))
     return corr, sd_norm * np.array([nom[p] for p in free])
+
+
+def _flat_index(z: dict, site: str) -> int:
+    """Position of a scalar ``site`` in the flat unconstrained vector."""
+    marked = {k: jnp.zeros_like(v) for k, v in z.items()}
+    marked[site] = jnp.ones_like(z[site])
+    return int(np.argmax(np.asarray(ravel_pytree(marked)[0])))
+
+
+def pseudo_correlation_from_hessian(
+    problem: CalibrationProblem, unravel, x: np.ndarray, H: np.ndarray, g: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    r"""The Hessian pseudo-correlation of talk 002 (:func:`~lartpc_bayes.infer.common.
+    hessian_pseudo_correlation`) from the Laplace fit's Hessian, without compiling another one.
+
+    The potential is :math:`U(x) = \mathrm{nlp}(\theta(x)) - \sum_i \log\theta_i'(x_i)` with
+    :math:`\theta_i = lo_i + w_i\,\sigma(x_i)` for every free parameter (NumPyro's bijection of its
+    uniform prior) and nlp the negative log posterior at fixed latents. With
+    :math:`J_i = \log\theta_i'`, :math:`J_i' = 1 - 2\sigma`, :math:`J_i'' = -2\sigma(1-\sigma)`,
+    :math:`\theta_i'' = w\sigma(1-\sigma)(1-2\sigma)` and
+    :math:`g^\theta_i = (g_i + J_i')/\theta_i'`:
+
+    .. math:: \partial^2_{\theta_i\theta_j}\mathrm{nlp} = \frac{H_{ij} + \delta_{ij}J_i''}
+              {\theta_i'\theta_j'} - \delta_{ij}\,\frac{g^\theta_i\,\theta_i''}{\theta_i'^2}
+
+    (the latent rows of H are not used: the latents are held at the optimum). In units of the
+    nominal values (:math:`y = \theta/\theta_\mathrm{nom}`) the inverse is scaled to unit diagonal.
+    x, H, g : unconstrained point, Hessian and gradient of U there. Returns (correlation, sd in
+    physical units), as :func:`hessian_pseudo_correlation`.
+    """
+    free = list(problem.free)
+    z = unravel(jnp.asarray(x, jnp.float32))
+    idx = np.array([_flat_index(z, p) for p in free], np.int64)
+    x = np.asarray(x, np.float64)[idx]
+    lo = np.array([problem.card.param(p).low for p in free], np.float64)
+    w = np.array([problem.card.param(p).high for p in free], np.float64) - lo
+    nom = np.array([problem.card.nominal()[p] for p in free], np.float64)
+    sg = 1.0 / (1.0 + np.exp(-x))
+    d1 = w * sg * (1.0 - sg)
+    d2 = d1 * (1.0 - 2.0 * sg)
+    g_theta = (np.asarray(g, np.float64)[idx] + (1.0 - 2.0 * sg)) / d1
+    Hs = np.asarray(H, np.float64)[np.ix_(idx, idx)] + np.diag(-2.0 * sg * (1.0 - sg))
+    H_theta = Hs / np.outer(d1, d1) - np.diag(g_theta * d2 / d1**2)
+    H_y = H_theta * np.outer(nom, nom)
+    corr, sd_norm = cov_to_corr(np.linalg.pinv(0.5 * (H_y + H_y.T)))
+    return corr, sd_norm * nom
 
 
 def cov_to_corr(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

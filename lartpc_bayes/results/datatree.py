@@ -400,7 +400,7 @@ def hessian_at_optimum(problem, map_values: dict[str, Any], laplace=None
 
     ``laplace``: a :func:`lartpc_bayes.infer.run_laplace` result at ``map_values``; its Hessian
     gives the same matrix by the chain rule
-    (:func:`lartpc_bayes.infer.laplace.pseudo_correlation_from_hessian`) without compiling a
+    (:func:`lartpc_bayes.infer.pseudo_correlation_from_hessian`) without compiling a
     second Hessian of the likelihood."""
     if laplace is not None and "hessian_pseudo" in laplace.info:
         return (*_sanitize_hessian(laplace.info["hessian_pseudo"]), "laplace hessian, chain rule")
