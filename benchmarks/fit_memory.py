@@ -146,6 +146,7 @@ def child_fit(length_cm: float, seed: int) -> dict:
     import numpy as np
 
     from lartpc_bayes.infer import LaplaceFitter
+    from lartpc_bayes.infer.laplace import HESSIAN_CHUNK
 
     rec: dict = {"import_s": time.perf_counter() - t_imp + (t_imp - T_PROCESS)}
     peaks = {"after_import_mb": _peak_mb()}
@@ -159,7 +160,7 @@ def child_fit(length_cm: float, seed: int) -> dict:
     fitter = LaplaceFitter(problem)
     rec["fitter_init_s"] = time.perf_counter() - t0
     rec["dim"] = fitter.dim
-    rec["hessian_chunk"] = 16
+    rec["hessian_chunk"] = HESSIAN_CHUNK
     peaks["after_fitter_init_mb"] = _peak_mb()
     rec["setup_cpu_s"] = _cpu_s()
     _progress("fitter init")

@@ -54,6 +54,11 @@ __all__ = [
 #: once needed 11.6 GB (benchmarks/fit_memory.py, issue 16); 4 keep the scan at the memory of a
 #: gradient and cost nothing measurable on CPU (the evaluations are compute-bound)
 BATCH_POTENTIALS = 4
+#: Hessian columns (forward-over-reverse tangents) computed at once: each holds a gradient tape,
+#: ~0.4 GB for 200 cm of track, so 16 at once passed 8 GB on the 200 cm fit of issue 16
+#: (benchmarks/fit_memory.py); 4 keep it near the memory of a few gradients, at the same
+#: arithmetic (the columns are compute-bound on CPU)
+HESSIAN_CHUNK = 4
 #: stall test of the L-BFGS loop: U decreased by less than this over STALL_WINDOW iterations
 STALL_TOL = 1e-4
 STALL_WINDOW = 10
@@ -92,7 +97,7 @@ class LaplaceFitter:
         init: dict | None = None,
         model: Callable = calibration_model,
         model_kwargs: dict[str, Any] | None = None,
-        hessian_chunk: int = 16,
+        hessian_chunk: int = HESSIAN_CHUNK,
         hessian: str = "dense",
     ) -> None:
         if hessian not in ("dense", "block"):
