@@ -98,8 +98,15 @@ def hessian_pseudo_correlation(
     H = np.asarray(jax.jit(jax.hessian(nlp))(x0), np.float64)
     if not np.all(np.isfinite(H)):
         raise FloatingPointError("the Hessian of the negative log posterior is not finite")
-    corr, sd_norm = cov_to_corr(np.linalg.pinv(0.5 * (H + H.T)))
-    return corr, sd_norm * np.array([nom[p] for p in free])
+    return _pseudo_correlation(H, np.array([nom[p] for p in free], np.float64))
+
+
+def _pseudo_correlation(H_y: np.ndarray, nom: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(correlation, sd in physical units) from the Hessian ``H_y`` of the negative log
+    posterior in units of the nominal values ``nom``: its pseudo-inverse, scaled to unit
+    diagonal."""
+    corr, sd_norm = cov_to_corr(np.linalg.pinv(0.5 * (H_y + H_y.T)))
+    return corr, sd_norm * nom
 
 
 def _flat_index(z: dict, site: str) -> int:
@@ -143,9 +150,7 @@ def pseudo_correlation_from_hessian(
     g_theta = (np.asarray(g, np.float64)[idx] + (1.0 - 2.0 * sg)) / d1
     Hs = np.asarray(H, np.float64)[np.ix_(idx, idx)] + np.diag(-2.0 * sg * (1.0 - sg))
     H_theta = Hs / np.outer(d1, d1) - np.diag(g_theta * d2 / d1**2)
-    H_y = H_theta * np.outer(nom, nom)
-    corr, sd_norm = cov_to_corr(np.linalg.pinv(0.5 * (H_y + H_y.T)))
-    return corr, sd_norm * nom
+    return _pseudo_correlation(H_theta * np.outer(nom, nom), nom)
 
 
 def cov_to_corr(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -42,12 +42,7 @@ from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
 from ..model import LATENT_SITES, CalibrationProblem, calibration_model
 from .common import FitResult, _flat_index, nominal_init, pseudo_correlation_from_hessian
 
-__all__ = [
-    "LaplaceFitter",
-    "drift_field_scan",
-    "importance_resample",
-    "run_laplace",
-]
+__all__ = ["LaplaceFitter", "drift_field_scan", "importance_resample", "run_laplace"]
 
 #: potentials evaluated at once in the E scan and the importance sampling (``lax.map`` batch):
 #: each holds the likelihood's temporaries, ~180 MB per potential for 200 cm of track, so 64 at
