@@ -30,7 +30,7 @@ from numpyro.distributions import constraints
 from .data import Hits, Segments
 from .detector import PARAM_NAMES, DetectorCard
 from .detector.physics import DetectorParams
-from .forward.charge import ChargePlan, expected_charge, plan_charge
+from .forward.charge import MAX_BUCKETS, ChargePlan, expected_charge, plan_charge
 from .likelihood import LArPixReadout, LikelihoodConfig, hit_list_sizes, hits_to_table
 from .reco.geometry import ProblemGeometry, apply_geometry
 
@@ -272,7 +272,7 @@ def build_problem(
     unknown = set(fixed) - set(PARAM_NAMES)
     if unknown:
         raise KeyError(f"cannot fix unknown parameter(s) {sorted(unknown)}; known: {PARAM_NAMES}")
-    plan = plan_charge(card, segments, step_cm=step_cm,
+    plan = plan_charge(card, segments, step_cm=step_cm, max_buckets=MAX_BUCKETS,
                        min_charge_e=min_charge_fraction * card.electronics.threshold_e,
                        margin_cm=geometry.margin_cm if geometry is not None else 0.0)
     stopping = stopping_tracks(segments, stopping_pdg)

@@ -31,6 +31,7 @@ from lartpc_bayes.detector.physics import DetectorParams, drift_velocity
 from lartpc_bayes.forward.charge import (
     drift_subpoints,
     expected_charge,
+    merge_window_classes,
     plan_charge,
     produced_charge,
     segment_steps,
@@ -572,3 +573,51 @@ def test_min_charge_pruning_drops_only_charge_free_channels(segs, plan, dedx):
         q_kept = _channel_charge(pruned, params, dedx)
         np.testing.assert_allclose([q_kept[k] for k in sorted(kept)],
                                    [q_full[k] for k in sorted(kept)], rtol=1e-9, atol=1e-9)
+
+
+# --- window buckets merged for compile time --------------------------------------------------
+
+
+def test_merge_window_classes_is_the_cheapest_partition():
+    # brute force over every set of cut points: the dynamic programme's channel-ticks are the least
+    import itertools
+
+    rng = np.random.default_rng(3)
+    classes = np.array([32, 48, 64, 80, 96, 128, 192])
+    for _ in range(20):
+        counts = rng.integers(0, 300, classes.size)
+        w = np.repeat(classes, counts)
+        used = np.unique(w)
+        for B in (1, 2, 3):
+            m = merge_window_classes(w, B)
+            assert np.all(m >= w)  # every channel still fits its window
+            assert np.unique(m).size <= B
+            best = np.inf
+            for cuts in itertools.combinations(range(1, used.size), min(B, used.size) - 1):
+                edges = [0, *cuts, used.size]
+                cost = sum(np.sum((w >= used[a]) & (w <= used[b - 1])) * used[b - 1]
+                           for a, b in itertools.pairwise(edges))
+                best = min(best, cost)
+            assert m.sum() == best
+    assert merge_window_classes(np.array([48, 64, 64]), None).tolist() == [48, 64, 64]
+    with pytest.raises(ValueError, match="max_buckets"):
+        merge_window_classes(np.array([48, 64]), 0)
+
+
+def test_merged_buckets_carry_the_same_charge(segs, plan, dedx):
+    # one bucket instead of several: the same channels, each window only longer, so every
+    # channel's collected charge (the end of its cumulative window) is unchanged
+    merged = plan_charge(CARD, segs, step_cm=STEP, dtype=jnp.float64, max_buckets=1)
+    assert len(plan.buckets) > 1 and len(merged.buckets) == 1
+    p = P(CARD.nominal())
+
+    def per_channel(pl):
+        out = fwd(dev(pl), dedx, p)
+        keys = np.concatenate([np.stack([c.event, c.pixel], 1) for c in pl.channels])
+        q = np.concatenate([np.asarray(Q)[:, -1] for Q, _ in out])
+        ok = keys[:, 0] >= 0
+        return dict(zip(map(tuple, keys[ok]), q[ok], strict=True))
+
+    a, b = per_channel(plan), per_channel(merged)
+    assert a.keys() == b.keys()
+    np.testing.assert_allclose([b[k] for k in a], [a[k] for k in a], rtol=1e-9, atol=1e-6)

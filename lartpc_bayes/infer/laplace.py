@@ -44,16 +44,18 @@ from .common import FitResult, _flat_index, nominal_init, pseudo_correlation_fro
 
 __all__ = ["LaplaceFitter", "drift_field_scan", "importance_resample", "run_laplace"]
 
-#: potentials evaluated at once in the E scan and the importance sampling (``lax.map`` batch):
-#: each holds the likelihood's temporaries, ~180 MB per potential for 200 cm of track, so 64 at
-#: once needed 11.6 GB (benchmarks/fit_memory.py, issue 16); 4 keep the scan at the memory of a
-#: gradient and cost nothing measurable on CPU (the evaluations are compute-bound)
-BATCH_POTENTIALS = 4
-#: Hessian columns (forward-over-reverse tangents) computed at once: each holds a gradient tape,
-#: ~0.4 GB for 200 cm of track, so 16 at once passed 8 GB on the 200 cm fit of issue 16
-#: (benchmarks/fit_memory.py); 4 keep it near the memory of a few gradients, at the same
-#: arithmetic (the columns are compute-bound on CPU)
-HESSIAN_CHUNK = 4
+#: potentials evaluated at once in the E scan and the importance sampling. One: a plain
+#: ``lax.map`` (a loop). Batching with ``vmap`` compiles a batched copy of the likelihood: on
+#: 200 cm of track 4 at once took 30 s to compile and 741 MB of temporaries against 7 s and
+#: 183 MB one at a time, at the same run time within 15 % (64 at once once needed 11.6 GB,
+#: benchmarks/fit_memory.py, issue 16)
+BATCH_POTENTIALS = 1
+#: Hessian columns (forward-over-reverse tangents) computed at once. One: a ``lax.map`` whose body
+#: is a single Hessian-vector product. Batching columns with ``vmap`` (``batch_size`` > 1) makes
+#: XLA compile a batched copy of the whole gradient tape: on 30 cm of track (benchmarks/
+#: fit_memory.py pieces) 4 columns at once took 119 s to compile, 4.7 GB peak and 3.5 s to run,
+#: one column 51 s, 2.6 GB and 1.2 s (16 at once passed 8 GB on the 200 cm fit of issue 16)
+HESSIAN_CHUNK = 1
 #: stall test of the L-BFGS loop: U decreased by less than this over STALL_WINDOW iterations
 STALL_TOL = 1e-4
 STALL_WINDOW = 10
@@ -120,9 +122,7 @@ class LaplaceFitter:
         self._U = U
         self._value_and_grad = jax.jit(jax.value_and_grad(U))
         self._hessian = jax.jit(_chunked_hessian(U, self.dim, hessian_chunk))
-        self._U_batch = jax.jit(
-            lambda xs, table: jax.lax.map(lambda x: U(x, table), xs, batch_size=BATCH_POTENTIALS)
-        )
+        self._U_batch = jax.jit(_batched_potential(U))
         # L-BFGS on the host over the compiled value and gradient: one compiled program holds the
         # likelihood instead of a second one (optax's zoom line search inlines the potential's
         # value and gradient again: 34 s of compilation on a 5 cm problem, more than the fit)
@@ -158,9 +158,7 @@ class LaplaceFitter:
         U = batch.potential
         self._U = U
         self._value_and_grad = jax.jit(jax.value_and_grad(U))
-        self._U_batch = jax.jit(
-            lambda xs, table: jax.lax.map(lambda x: U(x, table), xs, batch_size=BATCH_POTENTIALS)
-        )
+        self._U_batch = jax.jit(_batched_potential(U))
         self._minimise = jax.jit(self._lbfgs)
         self._constrain = None
         self._nuts = None
@@ -378,6 +376,17 @@ class LaplaceFitter:
         return out
 
 
+def _batched_potential(U: Callable) -> Callable:
+    """``U`` over a batch of points (n, dim), :data:`BATCH_POTENTIALS` at a time."""
+
+    def batch(xs, table):
+        if BATCH_POTENTIALS <= 1:
+            return jax.lax.map(lambda x: U(x, table), xs)
+        return jax.lax.map(lambda x: U(x, table), xs, batch_size=BATCH_POTENTIALS)
+
+    return batch
+
+
 def _chunked_hessian(U: Callable, dim: int, chunk: int) -> Callable:
     """Exact Hessian of ``U(x, table)`` in x, forward-over-reverse, ``chunk`` columns at a time.
 
@@ -392,7 +401,10 @@ def _chunked_hessian(U: Callable, dim: int, chunk: int) -> Callable:
         def column(v):
             return jax.jvp(lambda y: grad(y, table), (x,), (v,))[1]
 
-        return jax.lax.map(column, jnp.eye(dim, dtype=x.dtype), batch_size=min(chunk, dim))
+        eye = jnp.eye(dim, dtype=x.dtype)
+        if chunk <= 1:  # a plain loop over columns: no batched copy of the tape (HESSIAN_CHUNK)
+            return jax.lax.map(column, eye)
+        return jax.lax.map(column, eye, batch_size=min(chunk, dim))
 
     return hessian
 
