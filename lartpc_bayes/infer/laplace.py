@@ -40,6 +40,7 @@ from jax.flatten_util import ravel_pytree
 from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
 
 from ..model import LATENT_SITES, CalibrationProblem, calibration_model
+from .cache import AheadOfTime
 from .common import FitResult, _flat_index, nominal_init, pseudo_correlation_from_hessian
 
 __all__ = ["LaplaceFitter", "drift_field_scan", "importance_resample", "run_laplace"]
@@ -120,8 +121,9 @@ class LaplaceFitter:
             return potential_energy(model, (problem,), {**kw, "hits": table}, unravel(x))
 
         self._U = U
-        self._value_and_grad = jax.jit(jax.value_and_grad(U))
-        self._hessian = jax.jit(_chunked_hessian(U, self.dim, hessian_chunk))
+        # compiled in the background while the E scan and L-BFGS run (infer.cache.AheadOfTime)
+        self._value_and_grad = AheadOfTime(jax.jit(jax.value_and_grad(U)))
+        self._hessian = AheadOfTime(jax.jit(_chunked_hessian(U, self.dim, hessian_chunk)))
         self._U_batch = jax.jit(_batched_potential(U))
         # L-BFGS on the host over the compiled value and gradient: one compiled program holds the
         # likelihood instead of a second one (optax's zoom line search inlines the potential's
@@ -279,6 +281,10 @@ class LaplaceFitter:
             raise ValueError("the problem has no observed hits and no table was given")
         tb = jax.tree.map(lambda a: jnp.asarray(a, jnp.int32), table)
         t0 = time.perf_counter()
+        if self._block is None:  # lowered here, compiled behind the E scan and L-BFGS
+            x_aval = jax.ShapeDtypeStruct(self.x0.shape, self.x0.dtype)
+            self._value_and_grad.prefetch(x_aval, tb)
+            self._hessian.prefetch(x_aval, tb)
         x0 = self.start(tb, init, scan_E)
         x, _, _, it = self._minimise(self.problem.place(x0) if self._block else x0, tb)
         t1 = time.perf_counter()

@@ -238,43 +238,34 @@ def hit_log_intensity(
     sig_e = max(float(np.hypot(el.uncorrelated_noise_e, el.discriminator_noise_e)), 1.0)
     thr = el.threshold_e
 
-    def after_end(c, n_after, a):
-        # continuation past the window end, where the charge is constant (Q[W-1]): from every
-        # reset row still armed at the end (survival S), n_after more quiet ticks and a trigger
-        Qc = Q[c]
-        f = None if rel_sd is None else rel_sd[c]
-        q_end = Qc[W - 1]
-        ls0, lf0 = log_stay_fire((rho + q_end - thr) / sig_e)
-        out = logsumexp(rt.log_S0[c] + n_after * ls0 + lf0
-                        + log_adc_prob(a, rho + q_end, el, mark, f))
-        if L > 0:
-            q_left = q_end - Qc[s_idx + HR][None, :]  # (1, L) charge since the reset of row s
-            ls, lf = log_stay_fire((rho[:, None] + q_left - thr) / sig_e)
-            terms = (rt.log_Sl[c] + rt.log_A[c][None, :] + n_after * ls + lf
-                     + log_adc_prob(a, rho[:, None] + q_left, el, mark, f))
-            out = jnp.logaddexp(out, logsumexp(terms))
-        return out
-
     def one(c, tt, a):
+        # one logsumexp over row 0 and the later rows s of [log P(trigger at tt, node k) +
+        # log P(code | held charge)], the trigger weights of the window or of its continuation
         inside = (tt >= -EDGE_TICKS) & (tt < W)
+        past = (tt >= W) & (tt < W + EDGE_TICKS)
+        n_after = jnp.clip(tt - W, 0, EDGE_TICKS)
         tc = jnp.clip(tt, 0, W - 1)  # before the start: as at tick 0 (the charge is 0 there)
         Qc = Q[c]
         f = None if rel_sd is None else rel_sd[c]
-        q_held = Qc[jnp.minimum(tc + el.hold_ticks, W - 1)]
-        term0 = rt.log_g0[c, :, tc] + log_adc_prob(a, rho + q_held, el, mark, f)  # (K,)
-        out = logsumexp(term0)
+        q_end = Qc[W - 1]
+        q_held = jnp.where(past, q_end, Qc[jnp.minimum(tc + el.hold_ticks, W - 1)])
+        # after the end the charge is constant (Q[W-1]): survival S to the end, n_after more
+        # quiet ticks and a trigger, with the plateau's trigger probability
+        ls0, lf0 = log_stay_fire((rho + q_end - thr) / sig_e)
+        w0 = jnp.where(past, rt.log_S0[c] + n_after * ls0 + lf0, rt.log_g0[c, :, tc])  # (K,)
+        out = logsumexp(w0 + log_adc_prob(a, rho + q_held, el, mark, f))
         if L > 0:
+            q_reset = Qc[s_idx + HR][None, :]  # (1, L) charge lost at the reset of row s
             delta = tc - s_idx - D1
             ok = (delta >= 0) & (delta < L - s_idx) & (delta < LB) & (tt >= 0)
             dc = jnp.clip(delta, 0, LB - 1)
             lg = rt.log_gl[c, :, s_idx, dc].T  # (K, L): one gather, no (K, L, LB) slab per hit
-            mu = rho[:, None] + q_held - Qc[s_idx + HR][None, :]
-            terms = lg + log_adc_prob(a, mu, el, mark, f) + rt.log_A[c][None, :]
-            terms = jnp.where(ok[None, :], terms, LOG_ZERO)
+            ls, lf = log_stay_fire((rho[:, None] + q_end - q_reset - thr) / sig_e)
+            wl = jnp.where(past, rt.log_Sl[c] + n_after * ls + lf,
+                           jnp.where(ok[None, :], lg, LOG_ZERO))
+            mu = rho[:, None] + q_held - q_reset
+            terms = wl + rt.log_A[c][None, :] + log_adc_prob(a, mu, el, mark, f)
             out = jnp.logaddexp(out, logsumexp(terms))
-        n_after = jnp.clip(tt - W, 0, EDGE_TICKS)
-        past = (tt >= W) & (tt < W + EDGE_TICKS)
-        out = jnp.where(past, after_end(c, n_after, a), out)
         return jnp.where(inside | past, out, LOG_ZERO)
 
     return jax.vmap(one)(chan, t, adc)
