@@ -37,7 +37,14 @@ from ..data import Hits
 from ..detector import Electronics
 from ..forward.charge import ChargePlan
 from ..forward.readout import simulate_channels
-from .readout_prob import N_NODES, hit_log_intensity, readout_tensors, sequential_log_prob
+from .readout_prob import (
+    N_NODES,
+    hit_rows,
+    hit_rows_intensity,
+    lag_geometry,
+    readout_tensors,
+    sequential_log_prob,
+)
 
 
 @dataclass(frozen=True)
@@ -137,6 +144,12 @@ def hit_list_sizes(plan: ChargePlan, table: np.ndarray, margin: float = 2.0) -> 
     return tuple(out)
 
 
+def _lag_band(window: int, el: Electronics, max_lag: int) -> int:
+    """LB of a bucket of window ``window`` (:func:`readout_tensors`)."""
+    _, L = lag_geometry(window, el)
+    return min(L, max_lag) if max_lag > 0 else L
+
+
 def _split(table, buckets):
     out, start = [], 0
     for b in buckets:
@@ -164,6 +177,10 @@ def log_likelihood(
     initialisation call one compiled kernel instead of dispatching op by op."""
     log_eps = config.log_eps
     total = n_outside * log_eps
+    # PPP: the hits of every bucket are gathered with their candidate rows padded to one count
+    # and evaluated in one vmap (one copy of the hit term per program, not one per bucket)
+    n_rows = max((_lag_band(b.window, el, config.max_lag) for b in buckets), default=0)
+    rows, adcs, oks = [], [], []
     for i, ((Q, origin), b, tb) in enumerate(zip(charges, buckets, _split(table, buckets),
                                                   strict=True)):
         rt = readout_tensors(Q, el, config.n_nodes, config.max_lag)
@@ -178,19 +195,21 @@ def log_likelihood(
             n_max = min(config.max_hits[i], C * M) if config.max_hits else C * M
             flat = valid.ravel()
             (idx,) = jnp.nonzero(flat, size=n_max, fill_value=0)
-            ok = jnp.arange(n_max) < flat.sum()
-            li = hit_log_intensity(Q, rt, idx // M, t_rel.ravel()[idx],
-                                   jnp.maximum(adc, 0).ravel()[idx], el, config.n_nodes,
-                                   config.mark, rel_sd=f)
-            term = (jnp.maximum(li, log_eps) if config.floor == "hard"
-                    else jnp.logaddexp(li, log_eps))
-            total = total + jnp.where(ok, term, 0.0).sum()
+            rows.append(hit_rows(Q, rt, idx // M, t_rel.ravel()[idx], el, n_rows, rel_sd=f))
+            adcs.append(jnp.maximum(adc, 0).ravel()[idx])
+            oks.append(jnp.arange(n_max) < flat.sum())
             total = total + jnp.maximum(flat.sum() - n_max, 0) * log_eps  # beyond the list
             total = total - (rt.expected_hits * mask).sum()
         else:
             seq = sequential_log_prob(Q, rt, t_rel, jnp.maximum(adc, 0), valid, el, log_eps,
                                       config.n_nodes, config.mark, rel_sd=f)
             total = total + (seq * mask).sum()
+    if rows:
+        li = hit_rows_intensity(jax.tree.map(lambda *a: jnp.concatenate(a), *rows),
+                                jnp.concatenate(adcs), el, config.n_nodes, config.mark)
+        term = (jnp.maximum(li, log_eps) if config.floor == "hard"
+                else jnp.logaddexp(li, log_eps))
+        total = total + jnp.where(jnp.concatenate(oks), term, 0.0).sum()
     return total
 
 

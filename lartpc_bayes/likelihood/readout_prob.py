@@ -212,11 +212,102 @@ def _rho(el: Electronics, n_nodes: int, dtype) -> jax.Array:
     return jnp.asarray(hermite_nodes(n_nodes)[0] * el.reset_noise_e, dtype)
 
 
+class HitRows(NamedTuple):
+    """What the intensity of each of N hits needs from its channel: K nodes, R candidate rows.
+
+    The later reset rows that can produce a hit at tick t are the R = LB rows whose lag band
+    covers t (``s = t - D1 - j``, j < LB); past the window end, the last LB rows (a row whose band
+    ended before the end has no modelled trigger there; with the exact grid, LB = L, all rows).
+    So the per-hit work is K x LB whatever the window, and the hits of every bucket can be
+    evaluated together (:func:`hit_rows_intensity`) once their rows are padded to a common R.
+    """
+
+    tt: jax.Array  # (N,) tick index of the hit in its window
+    window: jax.Array  # (N,) window length W of its bucket
+    log_g0: jax.Array  # (N, K) log P(first trigger at t, node k) from the window start
+    log_S0: jax.Array  # (N, K) log P(no trigger in the window, node k) from the start
+    q_held: jax.Array  # (N,) charge held after an in-window trigger, Q[t + H]
+    q_end: jax.Array  # (N,) charge at the window end, Q[W - 1]
+    log_gl: jax.Array  # (N, K, R) log P(trigger at t, node k | row), LOG_ZERO off the band
+    log_Sl: jax.Array  # (N, K, R) log P(no trigger through the band, node k | row)
+    log_A: jax.Array  # (N, R) log intensity of the row, LOG_ZERO where it does not exist
+    q_reset: jax.Array  # (N, R) charge lost at the row's reset
+    rel_sd: jax.Array | None  # (N,) relative charge sd of the channel (log_adc_prob) or None
+
+
+def hit_rows(Q: jax.Array, rt: ReadoutTensors, chan: jax.Array, t: jax.Array, el: Electronics,
+             n_rows: int | None = None, rel_sd=None) -> HitRows:
+    """Gather :class:`HitRows` for hits (chan, t) of one bucket; ``n_rows`` (>= its LB, default
+    LB) pads the rows so that buckets concatenate."""
+    W = Q.shape[1]
+    D1, L = lag_geometry(W, el)
+    LB = rt.log_gl.shape[-1]
+    R = LB if n_rows is None else int(n_rows)
+    HR = el.hold_ticks + el.reset_cycles
+    K = rt.log_g0.shape[1]
+    j = jnp.arange(R)
+
+    def one(c, tt):
+        tc = jnp.clip(tt, 0, W - 1)  # before the start: as at tick 0 (the charge is 0 there)
+        Qc = Q[c]
+        f = None if rel_sd is None else rel_sd[c]
+        head = (tt, jnp.asarray(W, tt.dtype), rt.log_g0[c, :, tc], rt.log_S0[c],
+                Qc[jnp.minimum(tc + el.hold_ticks, W - 1)], Qc[W - 1])
+        if L == 0 or R == 0:
+            zero = jnp.zeros(R, Q.dtype)
+            lz = jnp.full((K, R), LOG_ZERO, Q.dtype)
+            return (*head, lz, lz, zero + LOG_ZERO, zero, f)
+        s = jnp.where(tt >= W, L - 1, tc - D1) - j  # (R,) candidate rows, newest first
+        ok = (s >= 0) & (j < LB) & (tt >= 0)
+        sc = jnp.clip(s, 0, L - 1)
+        lg = rt.log_gl[c, :, sc, jnp.minimum(j, LB - 1)].T  # (K, R): one gather per hit
+        return (*head, jnp.where(ok, lg, LOG_ZERO), jnp.where(ok, rt.log_Sl[c][:, sc], LOG_ZERO),
+                jnp.where(ok, rt.log_A[c][sc], LOG_ZERO), Qc[sc + HR], f)
+
+    return HitRows(*jax.vmap(one)(chan, t))
+
+
+def hit_rows_intensity(rows: HitRows, adc: jax.Array, el: Electronics, n_nodes: int = N_NODES,
+                       mark: str = "gaussian") -> jax.Array:
+    """PPP log intensity ``log(lambda(t) P(code | t))`` of hits from their :class:`HitRows`.
+
+    One logsumexp over row 0 and the candidate rows of [log P(trigger at t, node k) +
+    log P(code | held charge mu_k)], ``mu = rho_k + Q[t + H] - Q[reset]``. Past the window end
+    (``W <= t < W + EDGE_TICKS``) the charge is constant, Q[W-1], and the trigger weight is each
+    row's survival to the end times ``(1 - h)^(t - W) h`` with h the plateau's trigger
+    probability; farther out (and before ``-EDGE_TICKS``): LOG_ZERO, the floor."""
+    rho = _rho(el, n_nodes, rows.q_end.dtype)
+    sig_e = max(float(np.hypot(el.uncorrelated_noise_e, el.discriminator_noise_e)), 1.0)
+    thr = el.threshold_e
+    later = rows.log_gl.shape[-1] > 0
+
+    def one(r: HitRows, a):
+        W = r.window
+        inside = (r.tt >= -EDGE_TICKS) & (r.tt < W)
+        past = (r.tt >= W) & (r.tt < W + EDGE_TICKS)
+        n_after = jnp.clip(r.tt - W, 0, EDGE_TICKS)
+        q_held = jnp.where(past, r.q_end, r.q_held)
+        ls0, lf0 = log_stay_fire((rho + r.q_end - thr) / sig_e)
+        w0 = jnp.where(past, r.log_S0 + n_after * ls0 + lf0, r.log_g0)  # (K,)
+        out = logsumexp(w0 + log_adc_prob(a, rho + q_held, el, mark, r.rel_sd))
+        if later:
+            qr = r.q_reset[None, :]
+            ls, lf = log_stay_fire((rho[:, None] + r.q_end - qr - thr) / sig_e)
+            wl = jnp.where(past, r.log_Sl + n_after * ls + lf, r.log_gl)  # (K, R)
+            mu = rho[:, None] + q_held - qr
+            terms = wl + r.log_A[None, :] + log_adc_prob(a, mu, el, mark, r.rel_sd)
+            out = jnp.logaddexp(out, logsumexp(terms))
+        return jnp.where(inside | past, out, LOG_ZERO)
+
+    return jax.vmap(one)(rows, adc)
+
+
 def hit_log_intensity(
     Q: jax.Array, rt: ReadoutTensors, chan: jax.Array, t: jax.Array, adc: jax.Array,
     el: Electronics, n_nodes: int = N_NODES, mark: str = "gaussian", rel_sd=None,
 ) -> jax.Array:
-    """PPP log intensity of hits: ``log(lambda(t) P(code | t))``, mixed over rows and rho.
+    """PPP log intensity of hits of one bucket: ``log(lambda(t) P(code | t))``, mixed over rows
+    and rho (:func:`hit_rows` then :func:`hit_rows_intensity`).
 
     chan, t, adc : (N,) channel index in the bucket, tick index in its window, ADC code.
     rel_sd : optional (C,) relative charge sd per channel of the bucket (:func:`log_adc_prob`).
@@ -228,47 +319,8 @@ def hit_log_intensity(
     h the trigger probability on the plateau; before the start (no charge yet) as at tick 0.
     Farther out: LOG_ZERO (the floor).
     """
-    W = Q.shape[1]
-    D1, L = lag_geometry(W, el)
-    LB = rt.log_gl.shape[-1]
-    HR = el.hold_ticks + el.reset_cycles
-    rho = _rho(el, n_nodes, Q.dtype)
-    s_idx = jnp.arange(L)
-
-    sig_e = max(float(np.hypot(el.uncorrelated_noise_e, el.discriminator_noise_e)), 1.0)
-    thr = el.threshold_e
-
-    def one(c, tt, a):
-        # one logsumexp over row 0 and the later rows s of [log P(trigger at tt, node k) +
-        # log P(code | held charge)], the trigger weights of the window or of its continuation
-        inside = (tt >= -EDGE_TICKS) & (tt < W)
-        past = (tt >= W) & (tt < W + EDGE_TICKS)
-        n_after = jnp.clip(tt - W, 0, EDGE_TICKS)
-        tc = jnp.clip(tt, 0, W - 1)  # before the start: as at tick 0 (the charge is 0 there)
-        Qc = Q[c]
-        f = None if rel_sd is None else rel_sd[c]
-        q_end = Qc[W - 1]
-        q_held = jnp.where(past, q_end, Qc[jnp.minimum(tc + el.hold_ticks, W - 1)])
-        # after the end the charge is constant (Q[W-1]): survival S to the end, n_after more
-        # quiet ticks and a trigger, with the plateau's trigger probability
-        ls0, lf0 = log_stay_fire((rho + q_end - thr) / sig_e)
-        w0 = jnp.where(past, rt.log_S0[c] + n_after * ls0 + lf0, rt.log_g0[c, :, tc])  # (K,)
-        out = logsumexp(w0 + log_adc_prob(a, rho + q_held, el, mark, f))
-        if L > 0:
-            q_reset = Qc[s_idx + HR][None, :]  # (1, L) charge lost at the reset of row s
-            delta = tc - s_idx - D1
-            ok = (delta >= 0) & (delta < L - s_idx) & (delta < LB) & (tt >= 0)
-            dc = jnp.clip(delta, 0, LB - 1)
-            lg = rt.log_gl[c, :, s_idx, dc].T  # (K, L): one gather, no (K, L, LB) slab per hit
-            ls, lf = log_stay_fire((rho[:, None] + q_end - q_reset - thr) / sig_e)
-            wl = jnp.where(past, rt.log_Sl[c] + n_after * ls + lf,
-                           jnp.where(ok[None, :], lg, LOG_ZERO))
-            mu = rho[:, None] + q_held - q_reset
-            terms = wl + rt.log_A[c][None, :] + log_adc_prob(a, mu, el, mark, f)
-            out = jnp.logaddexp(out, logsumexp(terms))
-        return jnp.where(inside | past, out, LOG_ZERO)
-
-    return jax.vmap(one)(chan, t, adc)
+    return hit_rows_intensity(hit_rows(Q, rt, chan, t, el, rel_sd=rel_sd), adc, el, n_nodes,
+                              mark)
 
 
 def sequential_log_prob(
