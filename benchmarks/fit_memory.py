@@ -7,6 +7,9 @@ r"""Memory and start-up time of one MAP + Laplace fit of ~200 cm of cosmic muons
 Targets (issue 16): peak RSS <= 4 GB and set-up + compile <= 60 s on 2 cores for the fit that
 ``lartpc-bayes fit --method laplace`` runs on 200 cm of track (the peer's ``input_0.h5``: 199.6 cm,
 47 latents, which took 21.6 GB and 148 s of gradient compilation before the chunked Hessian).
+The fit's set-up is what ``fit`` does on a hit file (imports, ``build_problem``, the fitter:
+``fit_setup_s``); the generation and simulation of the fake data are recorded beside it
+(``setup_s`` includes them) but are not part of a user's fit.
 
 Data: cosmic muons from the embedded generator on the ``module0`` card (default selection cuts,
 0.4 cm segments, whole tracks until the total length reaches ``--length-cm``), simulated at the
@@ -58,7 +61,7 @@ LATENT_LENGTH_CM = 5.0
 TARGET_RSS_GB = 4.0
 TARGET_SETUP_COMPILE_S = 60.0
 VARIANTS = ("fit", "pieces")
-#: Hessian chunk sizes compiled by the ``pieces`` variant (16 is LaplaceFitter's default)
+#: Hessian chunk sizes compiled by the ``pieces`` variant (1 is LaplaceFitter's default)
 CHUNKS = (1, 4, 16, 64)
 
 __all__ = ["main", "muon_sample", "run_child"]
@@ -180,6 +183,11 @@ def child_fit(length_cm: float, seed: int) -> dict:
     peaks["after_fit2_mb"] = _peak_mb()
     rec["compile_s"] = rec["fit1_s"] - rec["fit2_s"]
     rec["setup_plus_compile_s"] = rec["setup_s"] + rec["compile_s"]
+    # what ``lartpc-bayes fit --method laplace HITS`` does before its first L-BFGS step on a file
+    # of hits: imports, build_problem and the fitter (reading the file: milliseconds); the fake
+    # data's generation and simulation above are not part of a user's fit
+    rec["fit_setup_s"] = rec["import_s"] + tm["build_problem_s"] + rec["fitter_init_s"]
+    rec["fit_setup_plus_compile_s"] = rec["fit_setup_s"] + rec["compile_s"]
     # CPU seconds (this process, all threads): on a shared machine the load inflates the wall
     # times above; CPU time is what the fit costs (on 2 idle cores wall >= cpu / 2)
     rec["compile_cpu_s"] = rec["fit1_cpu_s"] - rec["fit2_cpu_s"]
@@ -368,8 +376,11 @@ def main(argv: list[str] | None = None) -> int:
             "peak_rss_gb": fit["peak_rss_mb"] / 1024, "peak_rss_target_gb": TARGET_RSS_GB,
             "peak_rss_met": fit["peak_rss_mb"] / 1024 <= TARGET_RSS_GB,
             "setup_plus_compile_s": fit["setup_plus_compile_s"],
+            "fit_setup_plus_compile_s": fit.get("fit_setup_plus_compile_s"),
             "setup_plus_compile_target_s": TARGET_SETUP_COMPILE_S,
-            "setup_plus_compile_met": fit["setup_plus_compile_s"] <= TARGET_SETUP_COMPILE_S,
+            # the target is the fit's own start-up (fit_setup_plus_compile_s: no data simulation)
+            "setup_plus_compile_met": (fit.get("fit_setup_plus_compile_s") or float("inf"))
+            <= TARGET_SETUP_COMPILE_S,
             "setup_plus_compile_cpu_s": fit.get("setup_plus_compile_cpu_s"),
             "load_average_at_end": list(os.getloadavg()),
         }

@@ -6,8 +6,9 @@ The Hessian of :math:`U = U_0(\theta) + \sum_e U_e(\theta, l_e)` is block-arrow:
           \end{pmatrix},\quad A = \nabla^2 U_0 + \sum_e \nabla^2_{\theta\theta} U_e,\
           B_e = \nabla_{l_e}\nabla_\theta U_e,\ D_e = \nabla^2_{l_e} U_e.
 
-Each event's blocks come from ``jax.hessian`` of its own potential in (theta, l_e) -- k + n_l
-tangents, vmapped over the events of one shape bucket -- so the cost is linear in the number of
+Each event's blocks come from the Hessian of its own potential in (theta, l_e) -- k + n_l
+Hessian-vector products in a loop (:func:`~lartpc_bayes.infer.common.hessian_by_columns`),
+vmapped over the events of one shape bucket -- so the cost is linear in the number of
 events and the memory that of one bucket, never (total latents)^2. theta's marginal precision is
 the Schur complement :math:`S = A - \sum_e B_e^T D_e^{-1} B_e`, its covariance :math:`S^{-1}`.
 A Newton step solves :math:`H\,\delta = g` blockwise:
@@ -38,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .common import hessian_by_columns
 from .events import EventBatch
 
 __all__ = ["BlockHessian", "BlockLaplace", "block_hessian", "whitened_nuts"]
@@ -105,7 +107,7 @@ def _block_fns(batch: EventBatch) -> dict:
 
             def one(loc, ev, tb):
                 f = lambda v: batch.event_potential(b, v[:k], v[k:], ev, tb)  # noqa: E731
-                return jax.hessian(f)(jnp.concatenate([th, loc]))
+                return hessian_by_columns(f, jnp.concatenate([th, loc]))
 
             return jax.vmap(one)(locs, data, table)
 

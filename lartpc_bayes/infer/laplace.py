@@ -41,7 +41,13 @@ from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
 
 from ..model import LATENT_SITES, CalibrationProblem, calibration_model
 from .cache import AheadOfTime
-from .common import FitResult, _flat_index, nominal_init, pseudo_correlation_from_hessian
+from .common import (
+    FitResult,
+    _flat_index,
+    hessian_by_columns,
+    nominal_init,
+    pseudo_correlation_from_hessian,
+)
 
 __all__ = ["LaplaceFitter", "drift_field_scan", "importance_resample", "run_laplace"]
 
@@ -407,10 +413,9 @@ def _chunked_hessian(U: Callable, dim: int, chunk: int) -> Callable:
         def column(v):
             return jax.jvp(lambda y: grad(y, table), (x,), (v,))[1]
 
-        eye = jnp.eye(dim, dtype=x.dtype)
         if chunk <= 1:  # a plain loop over columns: no batched copy of the tape (HESSIAN_CHUNK)
-            return jax.lax.map(column, eye)
-        return jax.lax.map(column, eye, batch_size=min(chunk, dim))
+            return hessian_by_columns(lambda y: U(y, table), x)
+        return jax.lax.map(column, jnp.eye(dim, dtype=x.dtype), batch_size=min(chunk, dim))
 
     return hessian
 
