@@ -6,7 +6,10 @@ non-nominal target on the embedded default and calibrates it (``lartpc-bayes dem
 
 from __future__ import annotations
 
+import glob
+import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +53,19 @@ def _parse_fix(
     return out
 
 
+def stage_printer(enabled: bool) -> Callable[[str], None] | None:
+    """A progress line per stage on stderr, ``[  12.3 s] stage: what``, timed from now (None
+    when ``enabled`` is False)."""
+    if not enabled:
+        return None
+    t_start = time.perf_counter()
+
+    def say(msg: str) -> None:
+        print(f"[{time.perf_counter() - t_start:7.1f} s] {msg}", file=sys.stderr, flush=True)
+
+    return say
+
+
 def calibrate(
     problem: CalibrationProblem,
     *,
@@ -73,7 +89,9 @@ def calibrate(
     from .results import hessian_at_optimum, to_datatree
 
     t0 = time.perf_counter()
-    lap = run_laplace(problem, seed=seed, num_samples=2000, importance=method == "laplace-is")
+    say = stage_printer(progress)
+    lap = run_laplace(problem, seed=seed, num_samples=2000, importance=method == "laplace-is",
+                      log=say)
     init = {
         k: jnp.asarray(v) for k, v in lap.map_values.items() if k in (*problem.free, *LATENT_SITES)
     }
@@ -81,6 +99,8 @@ def calibrate(
     hess = hessian_at_optimum(problem, lap.map_values, laplace=lap)
     if method in ("nuts", "blackjax"):
         sampler = run_nuts if method == "nuts" else run_blackjax
+        if say:
+            say(f"sampling: {method} {chains} chains x ({warmup} + {draws})")
         fit = sampler(
             problem,
             seed=seed,
@@ -94,6 +114,8 @@ def calibrate(
     elif method in ("laplace", "laplace-is"):
         fit = lap
     elif method in ("svi", "lowrank"):
+        if say:
+            say(f"sampling: SVI ({method}) {steps} steps")
         fit = run_svi(
             problem,
             guide="normal" if method == "svi" else "lowrank",
@@ -107,6 +129,8 @@ def calibrate(
         raise ValueError(f"unknown method {method!r}")
     timings["fit_s"] = fit.timings["fit_s"]
     t1 = time.perf_counter()
+    if say:
+        say(f"checks: {ppc_draws} posterior-predictive hit tables and 200 prior draws")
     ppc = predictive_hits(problem, fit.samples, seed=seed + 1, num_draws=ppc_draws)
     prior = prior_samples(problem, seed=seed + 2, num_samples=200)
     timings["ppc_s"] = time.perf_counter() - t1
@@ -132,8 +156,29 @@ def calibrate(
     )
 
 
+def expand_inputs(inputs: str | Path | Sequence[str | Path]) -> list[str]:
+    """Input files of a fit: paths and glob patterns (``run/*.h5``), each pattern sorted; a
+    pattern that matches nothing, or a path that does not exist, raises FileNotFoundError naming
+    it. Duplicates are kept once, in order."""
+    items = [inputs] if isinstance(inputs, str | Path) else list(inputs)
+    out: list[str] = []
+    for item in map(str, items):
+        if glob.has_magic(item):
+            found = sorted(glob.glob(item))
+            if not found:
+                raise FileNotFoundError(f"{item}: no file matches this pattern")
+        elif not Path(item).exists():
+            raise FileNotFoundError(f"{item}: no such file")
+        else:
+            found = [item]
+        out += [f for f in found if f not in out]
+    if not out:
+        raise FileNotFoundError("no input files given")
+    return out
+
+
 def calibrate_file(
-    hits_path: str | Path,
+    hits_path: str | Path | Sequence[str | Path],
     output: str | Path,
     *,
     method: str = "nuts",
@@ -151,18 +196,31 @@ def calibrate_file(
     progress: bool = True,
     reco: dict | None = None,
 ) -> str:
-    """``lartpc-bayes fit``: calibrate a hit file (with its segments) and write the netCDF.
+    """``lartpc-bayes fit``: calibrate hit files (with their segments) and write the netCDF.
 
-    Files without true segments (LArPix packets, ndlar_flow hits, hit files without
-    ``truth/segments``) and ``reco={"force": True, ...}`` go through the reconstruction
-    (:func:`calibrate_data`; options in ``reco``: card, layout, t0,
-    geometry_latents, tpc_offset, reco_output, force).
+    ``hits_path``: one file, or several files and glob patterns (:func:`expand_inputs`) fitted as
+    one run: events renumbered after each other, one card for all
+    (:func:`lartpc_bayes.io.merge_hit_files`). Files without true segments (LArPix packets,
+    ndlar_flow hits, hit files without ``truth/segments``) and ``reco={"force": True, ...}`` go
+    through the reconstruction (:func:`calibrate_data`; options in ``reco``: card, layout, t0,
+    geometry_latents, tpc_offset, reco_output, force). With ``progress`` a line per stage
+    (reading, planning, compile, E scan, optimise, Hessian, sampling, checks) goes to stderr.
     """
+    from .io import merge_hit_files
     from .results import format_report, latent_truth, make_plots, save_datatree
 
+    paths = expand_inputs(hits_path)
+    say = stage_printer(progress)
+    if say:
+        say(f"reading: {len(paths)} file{'s' if len(paths) > 1 else ''}")
     reco = dict(reco or {})
-    hf = None if reco.pop("force", False) else _try_read_hits(hits_path)
-    if hf is None or hf.segments is None:
+    force = reco.pop("force", False)
+    hfs = [None if force else _try_read_hits(p) for p in paths]
+    hf = None
+    if all(h is not None and h.segments is not None for h in hfs):
+        hf = hfs[0] if len(hfs) == 1 else merge_hit_files(hfs, paths)
+    if hf is None:
+        hits_path = paths[0] if len(paths) == 1 else paths
 
         return calibrate_data(
             hits_path, output, method=method, fix=fix, latent_length_cm=latent_length_cm,
@@ -171,6 +229,9 @@ def calibrate_file(
         )
     card = hf.card
     fixed = _parse_fix(list(fix or []), card, hf.true_params)
+    if say:
+        say(f"planning: {hf.hits.n} hits, {np.unique(hf.hits.event_id).size} events, "
+            f"{hf.segments.n} segments, {float(np.sum(hf.segments.dx)):.1f} cm of track")
     problem = build_problem(
         card,
         hf.segments,
@@ -197,6 +258,7 @@ def calibrate_file(
         truth_dEdx=truth_dEdx,
         progress=progress,
     )
+    dt.attrs["input_files"] = "; ".join(paths)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     save_datatree(dt, output)
     make_plots(dt, Path(plots) if plots else Path(output).parent, Path(output).stem, card)
@@ -224,7 +286,7 @@ DEMO_MIN_ANGLE_DEG = 60.0
 
 
 def calibrate_data(
-    path: str | Path,
+    path: str | Path | Sequence[str | Path],
     output: str | Path,
     *,
     card: DetectorCard | str | None = None,
@@ -250,10 +312,12 @@ def calibrate_data(
     report."""
     from .likelihood import LikelihoodConfig
     from .model import build_reco_problem
-    from .reco import load_data, reconstruct
+    from .reco import load_data_many, reconstruct
     from .results import format_report, make_plots, save_datatree
 
-    data = load_data(path, card, layout=layout)
+    paths = expand_inputs(path)
+    data = load_data_many(paths, card, layout=layout)
+    path = "; ".join(paths)
     res = reconstruct(data.hits, data.card, t0=t0, t0_source=data.t0_source)
     if reco_output is not None:
         from .reco.io import write_reco

@@ -344,9 +344,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, help="output hit file (HDF5)")
     s.set_defaults(func=_cmd_simulate)
 
-    f = sub.add_parser("fit", help="calibrate: posterior of the six parameters from a hit file")
-    f.add_argument("hits", help="hit file (with or without truth), LArPix packets or "
-                   "ndlar_flow hits; files without true segments are reconstructed first")
+    f = sub.add_parser("fit", help="calibrate: posterior of the six parameters from hit files")
+    f.add_argument("hits", nargs="+", help="hit files (with or without truth), LArPix packets "
+                   "or ndlar_flow hits, or glob patterns ('run/*.h5', quoted); several files are "
+                   "fitted as one run (events renumbered, one card); files without true segments "
+                   "are reconstructed first")
     f.add_argument("-o", "--output", required=True, help="output netCDF (ArviZ DataTree)")
     _fit_args(f)
     _reco_args(f)

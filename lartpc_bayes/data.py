@@ -123,6 +123,10 @@ class Hits(NamedTuple):
     def n(self) -> int:
         return int(self.pixel_id.shape[0])
 
+    @staticmethod
+    def concatenate(parts: list[Hits]) -> Hits:
+        return Hits(*(np.concatenate([np.asarray(p[i]) for p in parts]) for i in range(4)))
+
     def sorted(self) -> Hits:
         """Hits ordered by (event, pixel, tick)."""
         order = np.lexsort((self.tick, self.pixel_id, self.event_id))

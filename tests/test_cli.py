@@ -82,20 +82,30 @@ def test_fit_and_check_smoke(tmp_path, capsys):
     seg = generate(card, "muons", 1, 101)
     seg = seg.select(np.cumsum(seg.dx) <= 5.0)
     truth = nominal_params(card, tau=1500.0)
-    hits, _ = simulate_hits(jax.random.key(0), card, seg, truth)
     from lartpc_bayes.io import write_hits
 
-    hits_path = tmp_path / "hits.h5"
-    write_hits(hits_path, hits, card=card, segments=seg, true_dEdx=seg.dEdx,
-               true_params=truth.to_dict(), seed=0)
+    # two files of one run (the piece cut in two, each its own event 0): fitted together
+    # through a glob pattern, events renumbered, one latent set over both
+    first = np.cumsum(seg.dx) <= 2.5
+    for i, part in enumerate((seg.select(first), seg.select(~first))):
+        hits, _ = simulate_hits(jax.random.key(i), card, part, truth)
+        write_hits(tmp_path / f"hits_{i}.h5", hits, card=card, segments=part,
+                   true_dEdx=part.dEdx, true_params=truth.to_dict(), seed=i)
     out = tmp_path / "fit.nc"
-    rc = main(["fit", str(hits_path), "--method", "laplace", "--fix", "tau", "--ppc-draws", "5",
-               "-q", "-o", str(out)])
+    rc = main(["fit", str(tmp_path / "hits_*.h5"), "--method", "laplace", "--fix", "tau",
+               "--ppc-draws", "5", "-o", str(out)])
     assert rc == 0
-    report = capsys.readouterr().out
+    captured = capsys.readouterr()
+    report = captured.out
     for p in ("A_B", "k_B", "E", "D_L", "D_T"):
         assert p in report
+    for stage in ("reading: 2 files", "planning:", "compile:", "optimise:", "Hessian:",
+                  "sampling:", "checks:"):
+        assert stage in captured.err, (stage, captured.err)
     dt = load_datatree(out)
+    assert dt.attrs["input_files"] == "; ".join(str(tmp_path / f"hits_{i}.h5") for i in (0, 1))
+    events = set(np.unique(dt["observed_data"]["event"].values).tolist()) - {-1}  # -1: padding
+    assert events == {0, 1}
     for group in ("posterior", "observed_data", "posterior_predictive", "prior", "truth",
                   "hessian"):
         assert group in dt.children, group

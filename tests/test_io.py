@@ -242,6 +242,53 @@ def test_hit_file_round_trip(tmp_path, card, segs):
         assert yaml.safe_load(f["card"][()].decode())["name"] == "module0"
 
 
+def test_merge_hit_files_renumbers_events_and_tracks(tmp_path, card, segs):
+    """Two files of one run: events and tracks follow each other, truth kept only when shared,
+    a file with another card is named."""
+    params = {"A_B": 0.8, "k_B": 0.0486, "E": 0.5, "tau": 2600.0, "D_L": 4e-6, "D_T": 8.8e-6}
+    a, b = _hits(card, 1, 30, events=(0, 1)), _hits(card, 2, 20, events=(0, 4))
+    write_hits(tmp_path / "a.h5", a, card=card, segments=segs, true_dEdx=segs.dEdx,
+               true_params=params)
+    write_hits(tmp_path / "b.h5", b, card=card, segments=segs, true_dEdx=2 * segs.dEdx,
+               true_params=params)
+    names = [str(tmp_path / "a.h5"), str(tmp_path / "b.h5")]
+    m = lio.merge_hit_files([read_hits(n) for n in names], names)
+    # file a spans events 0-1 and tracks 0-2, so b's event 0 -> 2, 4 -> 6, tracks +3
+    assert m.hits.n == 50 and sorted(set(m.hits.event_id.tolist())) == [0, 1, 2, 6]
+    assert m.segments.n == 2 * segs.n
+    np.testing.assert_array_equal(m.segments.event_id, np.r_[segs.event_id, segs.event_id + 2])
+    np.testing.assert_array_equal(m.segments.track_id, np.r_[segs.track_id, segs.track_id + 3])
+    np.testing.assert_allclose(m.true_dEdx, np.r_[segs.dEdx, 2 * segs.dEdx])
+    assert m.true_params == params and m.attrs["merged_from"] == names
+    # different truths are dropped, not mixed; a file without segments drops them all
+    write_hits(tmp_path / "c.h5", b, card=card, segments=segs,
+               true_params={**params, "tau": 1500.0})
+    write_hits(tmp_path / "d.h5", b, card=card)
+    m2 = lio.merge_hit_files([read_hits(tmp_path / n) for n in ("a.h5", "c.h5", "d.h5")],
+                             ["a.h5", "c.h5", "d.h5"])
+    assert m2.true_params is None and m2.segments is None and m2.true_dEdx is None
+    assert sorted(set(m2.hits.event_id.tolist())) == [0, 1, 2, 6, 7, 11]
+    other = load_card("2x2")
+    write_hits(tmp_path / "e.h5", _hits(other, 3, 5), card=other)
+    with pytest.raises(IOFormatError, match="e.h5: its detector card differs"):
+        lio.merge_hit_files([read_hits(tmp_path / n) for n in ("a.h5", "e.h5")],
+                            ["a.h5", "e.h5"])
+
+
+def test_fit_inputs_expand_globs_and_name_missing_files(tmp_path):
+    from lartpc_bayes.calibrate import expand_inputs
+
+    for n in ("r2.h5", "r1.h5", "x.h5"):
+        (tmp_path / n).write_bytes(b"")
+    got = expand_inputs([str(tmp_path / "r*.h5"), str(tmp_path / "x.h5"),
+                         str(tmp_path / "r1.h5")])
+    assert got == [str(tmp_path / n) for n in ("r1.h5", "r2.h5", "x.h5")]
+    with pytest.raises(FileNotFoundError, match="q\\*.h5: no file matches"):
+        expand_inputs(str(tmp_path / "q*.h5"))
+    with pytest.raises(FileNotFoundError, match="nothere.h5: no such file"):
+        expand_inputs([str(tmp_path / "nothere.h5")])
+
+
 def test_hit_file_without_truth(tmp_path, card):
     hits = _hits(card, n=0)
     path = tmp_path / "empty.h5"

@@ -274,13 +274,16 @@ class LaplaceFitter:
         n_proposal: int | None = None,
         scan_E: bool = True,
         init: dict | None = None,
+        log: Callable[[str], None] | None = None,
     ) -> dict[str, Any]:
         """Fit one hit table (default: the problem's own). Returns a dict with ``ok``, ``x_map``
         (unconstrained), ``map`` (physical, every site), ``draws`` (physical, ``num_draws`` per
         site), ``cov_unconstrained``, ``hessian_eigenvalues``, ``potential``, ``grad_norm``,
         ``iterations``, ``newton_steps``, ``newton_decrement``, timings ``map_s`` and
         ``hessian_s``, and with ``importance`` the PSIS ``pareto_k`` and ``is_ess``; ``error``
-        says why when ``ok`` is False."""
+        says why when ``ok`` is False. ``log`` (optional) receives one line as each stage starts:
+        compilation, E scan, L-BFGS, Hessian and Newton polish, draws."""
+        say = log or (lambda _msg: None)
         if table is None:
             table = self.problem.tables if self._block is not None else self.problem.table
         if table is None:
@@ -288,12 +291,19 @@ class LaplaceFitter:
         tb = jax.tree.map(lambda a: jnp.asarray(a, jnp.int32), table)
         t0 = time.perf_counter()
         if self._block is None:  # lowered here, compiled behind the E scan and L-BFGS
+            say(f"compile: lowering the gradient and the Hessian (dim {self.dim}); XLA compiles "
+                "them in the background")
             x_aval = jax.ShapeDtypeStruct(self.x0.shape, self.x0.dtype)
             self._value_and_grad.prefetch(x_aval, tb)
             self._hessian.prefetch(x_aval, tb)
+        if scan_E and "E" in self.free:
+            say(f"E scan: the potential on {self.n_grid} drift fields")
         x0 = self.start(tb, init, scan_E)
+        say(f"optimise: L-BFGS (at most {self.maxiter} iterations)")
         x, _, _, it = self._minimise(self.problem.place(x0) if self._block else x0, tb)
         t1 = time.perf_counter()
+        say(f"Hessian: {it} L-BFGS iterations in {t1 - t0:.1f} s; exact Hessian and Newton "
+            "polish")
         if self._block is not None:
             out = self._block.finish(self, x, tb, t0, t1, seed=seed, num_draws=num_draws,
                                      importance=importance, n_proposal=n_proposal)
@@ -321,6 +331,8 @@ class LaplaceFitter:
                             f"eigenvalue {evals.min():.3g}): no Laplace approximation; use NUTS")
             return out
         cov = (evecs / evals) @ evecs.T
+        say(f"sampling: {num_draws} Laplace draws" + (" + importance sampling" if importance
+                                                      else ""))
         rng = np.random.default_rng(seed)
         if importance:
             t3 = time.perf_counter()
@@ -542,15 +554,17 @@ def run_laplace(
     scan_E: bool = True,
     importance: bool = False,
     fitter: LaplaceFitter | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> FitResult:
     """MAP + Laplace (or + importance sampling) of ``problem`` with its observed table, as a
-    :class:`FitResult` (draws shaped (1, num_samples, ...)). ``fitter`` reuses a compiled
+    :class:`FitResult` (draws shaped (1, num_samples, ...)); ``log`` receives a line per stage
+    (:meth:`LaplaceFitter.fit`). ``fitter`` reuses a compiled
     :class:`LaplaceFitter` of the same problem. Raises when no Laplace approximation exists
     (Hessian not finite or not positive definite at the optimum)."""
     fitter = fitter or LaplaceFitter(problem, maxiter=maxiter, gtol=gtol,
                                      newton_steps=newton_steps, newton_tol=newton_tol)
     fit = fitter.fit(problem.table, seed=seed, num_draws=num_samples, importance=importance,
-                     scan_E=scan_E, init=init)
+                     scan_E=scan_E, init=init, log=log)
     if not fit["ok"]:
         err = fit.get("error", "Laplace fit failed")
         if "not finite" in err:

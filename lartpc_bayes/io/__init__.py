@@ -14,6 +14,8 @@ from .flow import (
 from .hits import (
     HITS_FORMAT_VERSION,
     HitFile,
+    merge_hit_files,
+    offset_events,
     read_hits,
     write_hits,
 )
@@ -44,6 +46,8 @@ __all__ = [
     "SEGMENTS_DTYPE",
     "HitFile",
     "IOFormatError",
+    "merge_hit_files",
+    "offset_events",
     "packets_to_hits",
     "read_flow_hits",
     "read_hits",

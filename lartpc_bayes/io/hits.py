@@ -294,3 +294,55 @@ def _read_truth_segments(g: h5py.Group, fname: str) -> Segments:
         return seg.validate(where)
     except ValueError as exc:
         raise IOFormatError(str(exc)) from exc
+
+
+def _id_span(*arrays: np.ndarray) -> int:
+    """1 + the largest id in ``arrays`` (0 when all are empty)."""
+    return int(max((int(np.max(a)) + 1 for a in arrays if np.size(a)), default=0))
+
+
+def offset_events(hits: Hits, segments: Segments | None, event_offset: int,
+                  track_offset: int) -> tuple[Hits, Segments | None]:
+    """Hits and segments with ``event_offset`` added to every event id (and ``track_offset`` to
+    every track id), so that files read one after the other keep distinct events and tracks."""
+    h = hits._replace(event_id=np.asarray(hits.event_id, np.int64) + event_offset)
+    if segments is None:
+        return h, None
+    return h, segments._replace(event_id=np.asarray(segments.event_id) + event_offset,
+                                track_id=np.asarray(segments.track_id) + track_offset)
+
+
+def merge_hit_files(files: list[HitFile], names: list[str]) -> HitFile:
+    """Several hit files of one detector as one run: events and tracks renumbered after each
+    other (file i's event e becomes ``e + sum of the event-id spans of files < i``).
+
+    Every file must carry the same detector card (:class:`IOFormatError` naming the first file
+    that differs). Segments and true dE/dx are kept when every file has them, the true parameters
+    when every file has the same ones; otherwise they are dropped (None), never mixed."""
+    if not files:
+        raise IOFormatError("no hit files to merge")
+    ref = _card_yaml(files[0].card)
+    for hf, name in zip(files[1:], names[1:], strict=True):
+        if _card_yaml(hf.card) != ref:
+            raise IOFormatError(f"{name}: its detector card differs from the one of {names[0]}; "
+                                "files fitted together must share one card")
+    hits, segs, ev_off, tr_off = [], [], 0, 0
+    with_segs = all(hf.segments is not None for hf in files)
+    for hf in files:
+        h, sg = offset_events(hf.hits, hf.segments if with_segs else None, ev_off, tr_off)
+        hits.append(h)
+        segs.append(sg)
+        ev_off += _id_span(hf.hits.event_id,
+                           hf.segments.event_id if hf.segments is not None else [])
+        tr_off += _id_span(hf.segments.track_id) if hf.segments is not None else 0
+    merged_hits = Hits.concatenate(hits)
+    true_dEdx = (np.concatenate([hf.true_dEdx for hf in files])
+                 if with_segs and all(hf.true_dEdx is not None for hf in files) else None)
+    tp = files[0].true_params
+    same_truth = tp is not None and all(hf.true_params == tp for hf in files)
+    return HitFile(
+        hits=merged_hits.sorted(), card=files[0].card,
+        segments=Segments.concatenate(segs) if with_segs else None, true_dEdx=true_dEdx,
+        true_params=dict(tp) if same_truth else None, seed=None,
+        attrs={"merged_from": [str(n) for n in names]},
+    )

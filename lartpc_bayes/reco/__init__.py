@@ -6,7 +6,15 @@ docs/reconstruction.md.
 
 from __future__ import annotations
 
-from .pipeline import DataFile, RecoResult, cluster_hits, load_data, reconstruct, trigger_t0_ticks
+from .pipeline import (
+    DataFile,
+    RecoResult,
+    cluster_hits,
+    load_data,
+    load_data_many,
+    reconstruct,
+    trigger_t0_ticks,
+)
 from .points import (
     Points,
     adc_charge,
@@ -48,6 +56,7 @@ __all__ = [
     "fit_track",
     "hits_to_points",
     "load_data",
+    "load_data_many",
     "local_to_card",
     "nominal_drift_velocity",
     "reconstruct",

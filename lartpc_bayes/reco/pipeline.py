@@ -156,6 +156,35 @@ class DataFile:
     hitfile: Any = None  # the HitFile for the package's own format
 
 
+def load_data_many(paths: list[str | Path], card: DetectorCard | str | None = None, *,
+                   layout: str | Path | None = None) -> DataFile:
+    """Several detector files (any mix of the formats of :func:`load_data`) as one run: events
+    renumbered after each other (:func:`lartpc_bayes.io.offset_events`), one card for all (an
+    :class:`~lartpc_bayes.io.IOFormatError` names the first file whose card differs)."""
+    from ..io import IOFormatError, merge_hit_files, offset_events
+    from ..io.hits import _card_yaml, _id_span
+
+    files = [load_data(p, card, layout=layout) for p in paths]
+    if len(files) == 1:
+        return files[0]
+    ref = _card_yaml(files[0].card)
+    for f, p in zip(files[1:], paths[1:], strict=True):
+        if _card_yaml(f.card) != ref:
+            raise IOFormatError(f"{p}: its detector card differs from the one of {paths[0]}; "
+                                "files fitted together must share one card")
+    if all(f.hitfile is not None for f in files):
+        hf = merge_hit_files([f.hitfile for f in files], [str(p) for p in paths])
+        return DataFile(hf.hits, hf.card, "hits", files[0].t0_source, hf)
+    parts, off = [], 0
+    for f in files:
+        parts.append(offset_events(f.hits, None, off, 0)[0])
+        off += _id_span(f.hits.event_id)
+    hits = Hits.concatenate(parts).sorted()
+    kinds = sorted({f.kind for f in files})
+    sources = "; ".join(sorted({f.t0_source for f in files}))
+    return DataFile(hits, files[0].card, "+".join(kinds), sources)
+
+
 def trigger_t0_ticks(path: str | Path) -> dict[int, int] | None:
     """Event t0 (ticks) from trigger packets (packet_type 7) of a LArPix file: event i is the
     i-th trigger, numbered in file order as :func:`lartpc_bayes.io.packets_to_hits` numbers
