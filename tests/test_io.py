@@ -270,7 +270,7 @@ def test_merge_hit_files_renumbers_events_and_tracks(tmp_path, card, segs):
     assert sorted(set(m2.hits.event_id.tolist())) == [0, 1, 2, 6, 7, 11]
     other = load_card("2x2")
     write_hits(tmp_path / "e.h5", _hits(other, 3, 5), card=other)
-    with pytest.raises(IOFormatError, match="e.h5: its detector card differs"):
+    with pytest.raises(IOFormatError, match=r"e\.h5: its detector card differs"):
         lio.merge_hit_files([read_hits(tmp_path / n) for n in ("a.h5", "e.h5")],
                             ["a.h5", "e.h5"])
 
@@ -283,9 +283,9 @@ def test_fit_inputs_expand_globs_and_name_missing_files(tmp_path):
     got = expand_inputs([str(tmp_path / "r*.h5"), str(tmp_path / "x.h5"),
                          str(tmp_path / "r1.h5")])
     assert got == [str(tmp_path / n) for n in ("r1.h5", "r2.h5", "x.h5")]
-    with pytest.raises(FileNotFoundError, match="q\\*.h5: no file matches"):
+    with pytest.raises(FileNotFoundError, match=r"q\*\.h5: no file matches"):
         expand_inputs(str(tmp_path / "q*.h5"))
-    with pytest.raises(FileNotFoundError, match="nothere.h5: no such file"):
+    with pytest.raises(FileNotFoundError, match=r"nothere\.h5: no such file"):
         expand_inputs([str(tmp_path / "nothere.h5")])
 
 
