@@ -84,3 +84,22 @@ def test_run_laplace_is_the_fitter(problem_and_tables, fitter):
     for p in ("E", "D_T"):
         np.testing.assert_allclose(wrapped.samples[p][0], direct["draws"][p], rtol=1e-6)
     np.testing.assert_allclose(wrapped.info["cov"], direct["cov_unconstrained"], rtol=1e-6)
+
+
+def test_pseudo_correlation_is_na_along_flat_directions():
+    # the talk-002 pseudo-correlation: the inverse normalised Hessian scaled to unit diagonal;
+    # where the Hessian is flat (A_B and k_B at fixed dE/dx measure only a ratio) it says n/a
+    # instead of the +-1 (or |r| > 1) that a pseudo-inverse of rounding noise would print
+    from lartpc_bayes.infer.common import _pseudo_correlation
+
+    nom = np.array([0.8, 0.05, 0.5])
+    H = np.array([[4.0, 1.0, 0.5], [1.0, 3.0, 0.2], [0.5, 0.2, 2.0]])
+    corr, sd = _pseudo_correlation(H, nom)
+    cov = np.linalg.inv(H)
+    np.testing.assert_allclose(sd, np.sqrt(np.diag(cov)) * nom, rtol=1e-12)
+    np.testing.assert_allclose(corr, cov / np.sqrt(np.outer(np.diag(cov), np.diag(cov))),
+                               rtol=1e-12)
+    flat = np.array([[1.0, 1.0, 0.0], [1.0, 1.0 + 1e-12, 0.0], [0.0, 0.0, 2.0]])
+    corr, sd = _pseudo_correlation(flat, nom)
+    assert np.all(np.isnan(corr[:2])) and np.all(np.isnan(corr[:, :2])) and np.all(np.isnan(sd[:2]))
+    assert corr[2, 2] == pytest.approx(1.0) and sd[2] == pytest.approx(np.sqrt(0.5) * 0.5)

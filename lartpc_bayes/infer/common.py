@@ -101,11 +101,27 @@ def hessian_pseudo_correlation(
     return _pseudo_correlation(H, np.array([nom[p] for p in free], np.float64))
 
 
+#: eigenvalues of the normalised Hessian below this fraction of the largest are taken as flat
+#: directions (float32 potentials: curvature below ~1e-7 of the largest is rounding)
+PSEUDO_RCOND = 1e-7
+#: a parameter whose squared loading on a flat direction exceeds this has no pseudo-correlation
+FLAT_LOADING = 0.01
+
+
 def _pseudo_correlation(H_y: np.ndarray, nom: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(correlation, sd in physical units) from the Hessian ``H_y`` of the negative log
-    posterior in units of the nominal values ``nom``: its pseudo-inverse, scaled to unit
-    diagonal."""
-    corr, sd_norm = cov_to_corr(np.linalg.pinv(0.5 * (H_y + H_y.T)))
+    posterior in units of the nominal values ``nom``: its inverse on the eigen-directions with
+    curvature above ``PSEUDO_RCOND`` of the largest, scaled to unit diagonal. Parameters that
+    load on a flat or negative direction (squared loading > ``FLAT_LOADING``; e.g. A_B and k_B
+    at fixed dE/dx, where only their ratio is measured) get NaN ("n/a") rows, columns and sd:
+    the pseudo-inverse would print a spurious +-1 (or |r| > 1 from rounding) there."""
+    evals, evecs = np.linalg.eigh(0.5 * (H_y + H_y.T))
+    keep = evals > PSEUDO_RCOND * max(float(np.max(np.abs(evals), initial=0.0)), 1e-300)
+    cov = (evecs[:, keep] / evals[keep]) @ evecs[:, keep].T
+    flat = np.sum(evecs[:, ~keep] ** 2, axis=1) > FLAT_LOADING
+    cov[flat, :] = np.nan
+    cov[:, flat] = np.nan
+    corr, sd_norm = cov_to_corr(cov)
     return corr, sd_norm * nom
 
 
