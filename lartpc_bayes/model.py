@@ -17,6 +17,7 @@ loc 1.874 MeV/cm, s_L 0.1204, s_R 0.1058.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import ClassVar, NamedTuple
 
 import jax
@@ -32,6 +33,7 @@ from .detector import PARAM_NAMES, DetectorCard
 from .detector.physics import DetectorParams
 from .forward.charge import MAX_BUCKETS, ChargePlan, expected_charge, plan_charge
 from .likelihood import LArPixReadout, LikelihoodConfig, hit_list_sizes, hits_to_table
+from .likelihood.readout_prob import channel_cost
 from .reco.geometry import ProblemGeometry, apply_geometry
 
 #: Published split Student-t fit of muon segment dE/dx (DESIGN.md section 5), MeV/cm.
@@ -238,6 +240,18 @@ class CalibrationProblem:
         return tuple(p for p in PARAM_NAMES if p not in self.fixed)
 
 
+#: Compilation of one more window bucket in a MAP + Laplace fit (value and gradient, Hessian, E
+#: scan): ~13 s on the 2-core CPU of docs/performance.md (200 cm of muons, 3 -> 4 buckets: +26 s
+#: at load 3, about half of that on the quiet machine)
+COMPILE_S_PER_BUCKET = 13.0
+#: Seconds of a compiled MAP + Laplace fit per unit of ``channel_cost`` summed over the channels
+#: (200 cm of muons: 90 s for 4.37e8 units, benchmarks/results/fit_memory.json). With
+#: COMPILE_S_PER_BUCKET it sets how far build_problem merges window buckets: a bucket more when
+#: the fit's run time it saves exceeds its compilation (a 200 cm muon sample keeps 3 of 6,
+#: metres of track keep more)
+FIT_S_PER_COST = 90.0 / 4.37e8
+
+
 def build_problem(
     card: DetectorCard,
     segments: Segments,
@@ -272,7 +286,11 @@ def build_problem(
     unknown = set(fixed) - set(PARAM_NAMES)
     if unknown:
         raise KeyError(f"cannot fix unknown parameter(s) {sorted(unknown)}; known: {PARAM_NAMES}")
+    cfg = likelihood or LikelihoodConfig()
     plan = plan_charge(card, segments, step_cm=step_cm, max_buckets=MAX_BUCKETS,
+                       bucket_cost=partial(channel_cost, el=card.electronics,
+                                           n_nodes=cfg.n_nodes, max_lag=cfg.max_lag),
+                       bucket_penalty=COMPILE_S_PER_BUCKET / FIT_S_PER_COST,
                        min_charge_e=min_charge_fraction * card.electronics.threshold_e,
                        margin_cm=geometry.margin_cm if geometry is not None else 0.0)
     stopping = stopping_tracks(segments, stopping_pdg)

@@ -600,6 +600,15 @@ def test_merge_window_classes_is_the_cheapest_partition():
                 best = min(best, cost)
             assert m.sum() == best
     assert merge_window_classes(np.array([48, 64, 64]), None).tolist() == [48, 64, 64]
+    # the price of a bucket: free buckets keep every class, a prohibitive price leaves one, and
+    # in between the count minimises run-time cost + price x buckets
+    w = np.repeat(classes, [30, 200, 150, 60, 20, 10, 5])
+    assert np.array_equal(merge_window_classes(w, None, bucket_penalty=0.0), w)
+    assert np.unique(merge_window_classes(w, None, bucket_penalty=1e12)).tolist() == [192]
+    pen = 2000.0
+    m = merge_window_classes(w, None, bucket_penalty=pen)
+    total = {B: merge_window_classes(w, B).sum() + pen * B for B in range(1, 8)}
+    assert m.sum() + pen * np.unique(m).size == min(total.values())
     with pytest.raises(ValueError, match="max_buckets"):
         merge_window_classes(np.array([48, 64]), 0)
 

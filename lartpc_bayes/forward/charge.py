@@ -32,6 +32,7 @@ moves every arrival time moves the window with it and never recompiles.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -65,30 +66,39 @@ MIN_STEP_CM = 0.005
 WINDOW_CLASSES = (32, 48, 64, 80, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
 #: Window buckets of one likelihood plan at most (:func:`merge_window_classes`): every bucket is
 #: traced and compiled once per program (value and gradient, Hessian, batched potential), so the
-#: compile time grows with their number while the run time grows only slowly when neighbouring
-#: classes merge (on 200 cm of muons 6 classes -> 3 costs +11 % of channel-ticks).
-MAX_BUCKETS = 3
+#: compile time grows with their number, while merging neighbouring classes costs run time
+#: (:func:`lartpc_bayes.likelihood.readout_prob.channel_cost`); the likelihood's plans weigh the
+#: two (``lartpc_bayes.model.COMPILE_S_PER_BUCKET``) up to this many buckets.
+MAX_BUCKETS = 6
 
 
-def merge_window_classes(windows: np.ndarray, max_buckets: int | None) -> np.ndarray:
+def merge_window_classes(windows: np.ndarray, max_buckets: int | None,
+                         cost: Callable[[int], float] | None = None,
+                         bucket_penalty: float | None = None) -> np.ndarray:
     """Merge neighbouring window classes until at most ``max_buckets`` remain.
 
     ``windows`` (n_channels,) is every channel's smallest allowed class. The distinct classes
     w_1 < ... < w_n with channel counts n_i are cut into at most ``max_buckets`` contiguous groups,
-    each group taking its largest class, with the cut points that minimise the channel-ticks
-    ``sum_groups (sum_i n_i) max_i w_i`` (the run time is about linear in the window, see
-    :func:`lartpc_bayes.likelihood.readout_prob.readout_tensors`; exact dynamic programme over the
-    n <= 16 classes). Returns the merged class of every channel. ``None`` or a count at least n
-    leaves the classes as they are; a merged window is only longer, so every channel still fits.
+    each group taking its largest class, with the cut points that minimise
+    ``sum_groups (sum_i n_i) cost(max_i w_i)``, ``cost`` the run time of one channel of window w
+    (default w, channel-ticks; the likelihood passes its own model,
+    :func:`lartpc_bayes.likelihood.readout_prob.channel_cost`); an exact dynamic programme over the
+    n <= 16 classes. ``bucket_penalty`` (optional, in units of ``cost``): the price of one more
+    bucket (its compilation); the number of groups b <= ``max_buckets`` (or n when None) then
+    minimises ``cost(b groups) + bucket_penalty * b``. Without it, ``None`` or a count at least n
+    leaves the classes as they are. Returns the merged class of every channel. A merged window
+    is only longer, so every channel still fits.
     """
     windows = np.asarray(windows)
     classes, inverse, counts = np.unique(windows, return_inverse=True, return_counts=True)
     n = classes.size
-    if max_buckets is None or n <= max_buckets:
-        return windows
-    if max_buckets < 1:
+    if max_buckets is not None and max_buckets < 1:
         raise ValueError(f"max_buckets must be >= 1, got {max_buckets}")
+    if bucket_penalty is None and (max_buckets is None or n <= max_buckets):
+        return windows
+    max_buckets = n if max_buckets is None else min(max_buckets, n)
     csum = np.concatenate([[0], np.cumsum(counts)])
+    unit = [float(cost(int(w))) if cost is not None else float(w) for w in classes]
     # best[b, j]: least cost of classes[:j] in b groups; cut[b, j]: start of the last group
     best = np.full((max_buckets + 1, n + 1), np.inf)
     cut = np.zeros((max_buckets + 1, n + 1), np.int64)
@@ -96,10 +106,12 @@ def merge_window_classes(windows: np.ndarray, max_buckets: int | None) -> np.nda
     for b in range(1, max_buckets + 1):
         for j in range(1, n + 1):
             for i in range(j):  # last group = classes[i:j], window classes[j - 1]
-                c = best[b - 1, i] + (csum[j] - csum[i]) * float(classes[j - 1])
+                c = best[b - 1, i] + (csum[j] - csum[i]) * unit[j - 1]
                 if c < best[b, j]:
                     best[b, j], cut[b, j] = c, i
     b = int(np.argmin(best[:, n]))
+    if bucket_penalty is not None:  # run time against compilation
+        b = int(np.argmin(best[:, n] + bucket_penalty * np.arange(max_buckets + 1)))
     target = np.empty(n, classes.dtype)
     j = n
     while j > 0:
@@ -270,6 +282,8 @@ def plan_charge(
     prune: float = 1e-7,
     window_classes: tuple[int, ...] = WINDOW_CLASSES,
     max_buckets: int | None = None,
+    bucket_cost: Callable[[int], float] | None = None,
+    bucket_penalty: float | None = None,
     dtype=jnp.float32,
     pad: bool = False,
     min_charge_e: float = 0.0,
@@ -287,9 +301,11 @@ def plan_charge(
     prune : pairs whose pad fraction can never exceed this (at any allowed D_T, E) are dropped; the
         charge lost per sub-point is below ``(2n+1)^2 * prune``.
     window_classes : allowed window lengths (ticks); each channel gets the smallest that fits.
-    max_buckets : at most this many window buckets (:func:`merge_window_classes`; None: one per
-        class used). The likelihood's plans use :data:`MAX_BUCKETS`; the simulator keeps every
-        class (its hits do not depend on the bucketing beyond the window each channel covers).
+    max_buckets : at most this many window buckets (:func:`merge_window_classes` with the
+        per-channel cost ``bucket_cost`` of a window and the price ``bucket_penalty`` of one more
+        bucket in the same units; None: one per class used). The
+        likelihood's plans use :data:`MAX_BUCKETS`; the simulator keeps every class (its hits do
+        not depend on the bucketing beyond the window each channel covers).
     pad : round segment, sub-point, pair and channel counts up with :func:`padded_size` (padding
         carries zero charge and masked channels) so that many batches reuse one compilation.
     min_charge_e : drop channels whose largest possible collected charge (electrons) is below
@@ -391,7 +407,8 @@ def plan_charge(
             "largest "
             f"class {classes[-1]}: a track nearly parallel to the drift axis (see selection cuts)"
         )
-    wclass = merge_window_classes(classes[np.searchsorted(classes, span_ticks)], max_buckets)
+    wclass = merge_window_classes(classes[np.searchsorted(classes, span_ticks)], max_buckets,
+                                  bucket_cost, bucket_penalty)
 
     S = seg_of.size
     S_pad = padded_size(S) if pad else S

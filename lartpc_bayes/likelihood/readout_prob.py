@@ -98,6 +98,15 @@ def lag_geometry(W: int, el: Electronics) -> tuple[int, int]:
     return d1, max(W - d1, 0)
 
 
+def channel_cost(W: int, el: Electronics, n_nodes: int = N_NODES, max_lag: int = 32) -> float:
+    """Operation count of :func:`readout_tensors` for one channel of window W (the model the
+    charge plan merges its window buckets by): the row-0 triangular cumsum ``K W^2``, the later
+    rows' ``L`` banded cumsums ``K LB^2`` each and the slot recursion ``M L W``."""
+    _, L = lag_geometry(W, el)
+    LB = min(L, max_lag) if max_lag > 0 else L
+    return float(n_nodes * W * W + L * (n_nodes * LB * LB + el.max_hits_per_pixel * W))
+
+
 class ReadoutTensors(NamedTuple):
     """Per-channel readout distributions of one bucket (C channels, K nodes, W ticks, L rows)."""
 
