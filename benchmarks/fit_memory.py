@@ -236,7 +236,7 @@ def child_pieces(length_cm: float, seed: int) -> dict:
         "hessian_dense_jax": (jax.jit(jax.hessian(U)), (x, tb)),
     }
     for c in CHUNKS:
-        cases[f"hessian_chunk{c}"] = (jax.jit(_chunked_hessian(U, fitter.dim, c)), (x, tb))
+        cases[f"hessian_chunk{c}"] = (jax.jit(_chunked_hessian(U, c)), (x, tb))
     for name, (fn, args) in cases.items():
         r: dict = {}
         try:

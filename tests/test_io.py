@@ -275,6 +275,23 @@ def test_merge_hit_files_renumbers_events_and_tracks(tmp_path, card, segs):
                             ["a.h5", "e.h5"])
 
 
+def test_load_data_many_renumbers_mixed_formats(tmp_path, card):
+    """Packets and a truth-free hit file as one run: the packets' events keep their ids, the hit
+    file's follow them; a file with another card is named."""
+    from lartpc_bayes.reco import load_data_many
+
+    a, b = _hits(card, 1, 60), _hits(card, 2, 20, events=(0, 4))
+    write_packets(tmp_path / "a.h5", a, card, event_t0_ticks={0: 0, 3: 5000, 7: 9000})
+    write_hits(tmp_path / "b.h5", b, card=card)
+    d = load_data_many([tmp_path / "a.h5", tmp_path / "b.h5"], "module0")
+    assert d.kind == "hits+packets" and d.hits.n == 80
+    assert sorted(set(d.hits.event_id.tolist())) == [0, 3, 7, 8, 12]
+    other = load_card("2x2")
+    write_hits(tmp_path / "c.h5", _hits(other, 3, 5), card=other)
+    with pytest.raises(IOFormatError, match=r"c\.h5: its detector card differs"):
+        load_data_many([tmp_path / "a.h5", tmp_path / "c.h5"], "module0")
+
+
 def test_fit_inputs_expand_globs_and_name_missing_files(tmp_path):
     from lartpc_bayes.calibrate import expand_inputs
 

@@ -125,15 +125,20 @@ def _pseudo_correlation(H_y: np.ndarray, nom: np.ndarray) -> tuple[np.ndarray, n
     return corr, sd_norm * nom
 
 
-def hessian_by_columns(f, x: jax.Array) -> jax.Array:
-    """Exact Hessian of a scalar ``f`` at ``x`` (n,), one forward-over-reverse column at a time.
+def hessian_by_columns(f, x: jax.Array, batch_size: int = 1) -> jax.Array:
+    """Exact Hessian of a scalar ``f`` at ``x`` (n,), forward-over-reverse, column by column.
 
-    Column j is ``jvp(grad f, x, e_j)`` in a ``lax.map`` (a loop): unlike ``jax.hessian``, which
-    vmaps all n tangents, XLA compiles one Hessian-vector product, not a batched copy of the
-    gradient tape (on 30 cm of track: 51 s and 2.6 GB of compilation against 119 s and 4.7 GB for
-    four columns at once, docs/inference.md)."""
+    Column j is ``jvp(grad f, x, e_j)`` in a ``lax.map`` (a loop), ``batch_size`` columns per
+    step. One per step (the default): unlike ``jax.hessian``, which vmaps all n tangents, XLA
+    compiles one Hessian-vector product, not a batched copy of the gradient tape (on 30 cm of
+    track: 51 s and 2.6 GB of compilation against 119 s and 4.7 GB for four columns at once,
+    docs/inference.md)."""
     g = jax.grad(f)
-    return jax.lax.map(lambda v: jax.jvp(g, (x,), (v,))[1], jnp.eye(x.shape[0], dtype=x.dtype))
+    eye = jnp.eye(x.shape[0], dtype=x.dtype)
+    column = lambda v: jax.jvp(g, (x,), (v,))[1]  # noqa: E731
+    if batch_size <= 1:
+        return jax.lax.map(column, eye)
+    return jax.lax.map(column, eye, batch_size=min(batch_size, x.shape[0]))
 
 
 def _flat_index(z: dict, site: str) -> int:

@@ -129,7 +129,7 @@ class LaplaceFitter:
         self._U = U
         # compiled in the background while the E scan and L-BFGS run (infer.cache.AheadOfTime)
         self._value_and_grad = AheadOfTime(jax.jit(jax.value_and_grad(U)))
-        self._hessian = AheadOfTime(jax.jit(_chunked_hessian(U, self.dim, hessian_chunk)))
+        self._hessian = AheadOfTime(jax.jit(_chunked_hessian(U, hessian_chunk)))
         self._U_batch = jax.jit(_batched_potential(U))
         # L-BFGS on the host over the compiled value and gradient: one compiled program holds the
         # likelihood instead of a second one (optax's zoom line search inlines the potential's
@@ -411,23 +411,14 @@ def _batched_potential(U: Callable) -> Callable:
     return batch
 
 
-def _chunked_hessian(U: Callable, dim: int, chunk: int) -> Callable:
-    """Exact Hessian of ``U(x, table)`` in x, forward-over-reverse, ``chunk`` columns at a time.
-
-    Column j is the directional derivative of the gradient along the unit vector e_j,
-    ``jvp(grad U, x, e_j)``; ``jax.hessian`` vmaps all ``dim`` of them at once, so its working
-    set is ``dim`` gradient tapes (21.6 GB for 200 cm of track with 47 latents, issue 16);
-    ``lax.map`` with ``batch_size=chunk`` bounds it at ``chunk`` tapes for the same arithmetic.
-    """
-    grad = jax.grad(U)
+def _chunked_hessian(U: Callable, chunk: int) -> Callable:
+    """Exact Hessian of ``U(x, table)`` in x, ``chunk`` forward-over-reverse columns per loop step
+    (:func:`~lartpc_bayes.infer.common.hessian_by_columns`); ``jax.hessian`` vmaps all of them
+    at once, so its working set is dim gradient tapes (21.6 GB for 200 cm of track with 47
+    latents, issue 16)."""
 
     def hessian(x, table):
-        def column(v):
-            return jax.jvp(lambda y: grad(y, table), (x,), (v,))[1]
-
-        if chunk <= 1:  # a plain loop over columns: no batched copy of the tape (HESSIAN_CHUNK)
-            return hessian_by_columns(lambda y: U(y, table), x)
-        return jax.lax.map(column, jnp.eye(dim, dtype=x.dtype), batch_size=min(chunk, dim))
+        return hessian_by_columns(lambda y: U(y, table), x, chunk)
 
     return hessian
 

@@ -301,47 +301,50 @@ def _id_span(*arrays: np.ndarray) -> int:
     return int(max((int(np.max(a)) + 1 for a in arrays if np.size(a)), default=0))
 
 
-def offset_events(hits: Hits, segments: Segments | None, event_offset: int,
-                  track_offset: int) -> tuple[Hits, Segments | None]:
-    """Hits and segments with ``event_offset`` added to every event id (and ``track_offset`` to
-    every track id), so that files read one after the other keep distinct events and tracks."""
-    h = hits._replace(event_id=np.asarray(hits.event_id, np.int64) + event_offset)
-    if segments is None:
-        return h, None
-    return h, segments._replace(event_id=np.asarray(segments.event_id) + event_offset,
-                                track_id=np.asarray(segments.track_id) + track_offset)
+def require_one_card(cards: list[DetectorCard], names: list[str]) -> None:
+    """Files fitted together must share one detector card: :class:`IOFormatError` naming the
+    first file whose card differs from the first file's."""
+    ref = _card_yaml(cards[0])
+    for card, name in zip(cards[1:], names[1:], strict=True):
+        if _card_yaml(card) != ref:
+            raise IOFormatError(f"{name}: its detector card differs from the one of {names[0]}; "
+                                "files fitted together must share one card")
+
+
+def renumber_events(hits: list[Hits], segments: list[Segments | None] | None = None
+                    ) -> tuple[list[Hits], list[Segments | None]]:
+    """Hits (and segments) of files read one after the other, with distinct events and tracks:
+    file i's event ids are shifted by the event-id spans (hits and segments) of the files before
+    it, its track ids by their track-id spans."""
+    segments = list(segments) if segments is not None else [None] * len(hits)
+    out_h, out_s, ev_off, tr_off = [], [], 0, 0
+    for h, sg in zip(hits, segments, strict=True):
+        out_h.append(h._replace(event_id=np.asarray(h.event_id, np.int64) + ev_off))
+        out_s.append(None if sg is None else sg._replace(
+            event_id=np.asarray(sg.event_id) + ev_off, track_id=np.asarray(sg.track_id) + tr_off))
+        ev_off += _id_span(h.event_id, sg.event_id if sg is not None else [])
+        tr_off += _id_span(sg.track_id) if sg is not None else 0
+    return out_h, out_s
 
 
 def merge_hit_files(files: list[HitFile], names: list[str]) -> HitFile:
     """Several hit files of one detector as one run: events and tracks renumbered after each
-    other (file i's event e becomes ``e + sum of the event-id spans of files < i``).
+    other (:func:`renumber_events`).
 
-    Every file must carry the same detector card (:class:`IOFormatError` naming the first file
-    that differs). Segments and true dE/dx are kept when every file has them, the true parameters
-    when every file has the same ones; otherwise they are dropped (None), never mixed."""
+    Every file must carry the same detector card (:func:`require_one_card`). Segments and true
+    dE/dx are kept when every file has them, the true parameters when every file has the same
+    ones; otherwise they are dropped (None), never mixed."""
     if not files:
         raise IOFormatError("no hit files to merge")
-    ref = _card_yaml(files[0].card)
-    for hf, name in zip(files[1:], names[1:], strict=True):
-        if _card_yaml(hf.card) != ref:
-            raise IOFormatError(f"{name}: its detector card differs from the one of {names[0]}; "
-                                "files fitted together must share one card")
-    hits, segs, ev_off, tr_off = [], [], 0, 0
-    with_segs = all(hf.segments is not None for hf in files)
-    for hf in files:
-        h, sg = offset_events(hf.hits, hf.segments if with_segs else None, ev_off, tr_off)
-        hits.append(h)
-        segs.append(sg)
-        ev_off += _id_span(hf.hits.event_id,
-                           hf.segments.event_id if hf.segments is not None else [])
-        tr_off += _id_span(hf.segments.track_id) if hf.segments is not None else 0
-    merged_hits = Hits.concatenate(hits)
+    require_one_card([hf.card for hf in files], names)
+    hits, segs = renumber_events([hf.hits for hf in files], [hf.segments for hf in files])
+    with_segs = all(sg is not None for sg in segs)
     true_dEdx = (np.concatenate([hf.true_dEdx for hf in files])
                  if with_segs and all(hf.true_dEdx is not None for hf in files) else None)
     tp = files[0].true_params
     same_truth = tp is not None and all(hf.true_params == tp for hf in files)
     return HitFile(
-        hits=merged_hits.sorted(), card=files[0].card,
+        hits=Hits.concatenate(hits).sorted(), card=files[0].card,
         segments=Segments.concatenate(segs) if with_segs else None, true_dEdx=true_dEdx,
         true_params=dict(tp) if same_truth else None, seed=None,
         attrs={"merged_from": [str(n) for n in names]},

@@ -159,27 +159,19 @@ class DataFile:
 def load_data_many(paths: list[str | Path], card: DetectorCard | str | None = None, *,
                    layout: str | Path | None = None) -> DataFile:
     """Several detector files (any mix of the formats of :func:`load_data`) as one run: events
-    renumbered after each other (:func:`lartpc_bayes.io.offset_events`), one card for all (an
+    renumbered after each other (:func:`lartpc_bayes.io.renumber_events`), one card for all (an
     :class:`~lartpc_bayes.io.IOFormatError` names the first file whose card differs)."""
-    from ..io import IOFormatError, merge_hit_files, offset_events
-    from ..io.hits import _card_yaml, _id_span
+    from ..io import merge_hit_files, renumber_events, require_one_card
 
     files = [load_data(p, card, layout=layout) for p in paths]
     if len(files) == 1:
         return files[0]
-    ref = _card_yaml(files[0].card)
-    for f, p in zip(files[1:], paths[1:], strict=True):
-        if _card_yaml(f.card) != ref:
-            raise IOFormatError(f"{p}: its detector card differs from the one of {paths[0]}; "
-                                "files fitted together must share one card")
-    if all(f.hitfile is not None for f in files):
-        hf = merge_hit_files([f.hitfile for f in files], [str(p) for p in paths])
+    names = [str(p) for p in paths]
+    if all(f.hitfile is not None for f in files):  # merge_hit_files checks the cards
+        hf = merge_hit_files([f.hitfile for f in files], names)
         return DataFile(hf.hits, hf.card, "hits", files[0].t0_source, hf)
-    parts, off = [], 0
-    for f in files:
-        parts.append(offset_events(f.hits, None, off, 0)[0])
-        off += _id_span(f.hits.event_id)
-    hits = Hits.concatenate(parts).sorted()
+    require_one_card([f.card for f in files], names)
+    hits = Hits.concatenate(renumber_events([f.hits for f in files])[0]).sorted()
     kinds = sorted({f.kind for f in files})
     sources = "; ".join(sorted({f.t0_source for f in files}))
     return DataFile(hits, files[0].card, "+".join(kinds), sources)
