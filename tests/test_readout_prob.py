@@ -451,3 +451,110 @@ def test_intensity_continues_past_the_window_edges():
     first = hit_log_intensity(Q, rt, ch, jnp.zeros(2, int), a, EL)
     before = hit_log_intensity(Q, rt, ch, jnp.full(2, -1), a, EL)
     np.testing.assert_allclose(before, first, rtol=1e-6)
+
+
+# --- straggling below the latent: a per-channel charge scale (issue 12) ---------------------------
+
+F_STRAGGLE = 0.15  # relative sd of a pixel's charge (5 cm latents: f_c is 0.05-0.25 on muons)
+#: single-trigger channels, plus a diffused pulse (20 ke, Gaussian over sd 3 ticks at tick 40: a
+#: pixel under a track at a large angle to the drift)
+STRAGGLE = {
+    "step": cumulative({10: 30_000.0}),
+    "below": cumulative({0: 4200.0}),
+    "at": cumulative({0: 5000.0}),
+    "pulse": np.cumsum(20_000.0 * stats.norm.pdf(np.arange(W), 40.0, 3.0)),
+    "ramp": cumulative(CHANNELS["ramp"]),
+    "steep": cumulative(CHANNELS["steep"]),
+}
+SINGLE = ("step", "below", "at")  # matched within the MC errors
+
+
+@pytest.fixture(scope="module")
+def straggle():
+    """MC with each channel's charge scaled by a log-normal factor of mean 1 and sd F_STRAGGLE per
+    run (as ``LArPixReadout.sample``), and the model with and without the trigger-time term."""
+    Q = jnp.asarray(np.stack(list(STRAGGLE.values())), jnp.float32)
+    C = Q.shape[0]
+    s2 = np.log1p(F_STRAGGLE**2)
+
+    def one(k):
+        k1, k2 = jax.random.split(k)
+        g = jnp.exp(np.sqrt(s2) * jax.random.normal(k2, (C,)) - 0.5 * s2)
+        return simulate_channels(k1, Q * g[:, None], EL, True)
+
+    h = jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(SEED + 1), N_MC))
+    f = jnp.full(C, F_STRAGGLE, jnp.float32)
+    rt = readout_tensors(Q, EL, N_MARK_NODES, 0, rel_sd=f)
+    codes = jnp.arange(40, 160)
+    marks = jax.jit(lambda c: jnp.exp(hit_log_intensity(
+        Q, rt, jnp.full(W * codes.size, c), jnp.repeat(jnp.arange(W), codes.size),
+        jnp.tile(codes, W), EL, N_MARK_NODES, "exact", rel_sd=f)).reshape(W, codes.size))
+    p = np.stack([np.asarray(marks(c), np.float64) for c in range(C)])
+    plain = readout_tensors(Q, EL, N_MARK_NODES, 0)  # the charge scale in the mark only
+    return (np.asarray(h.tick), np.asarray(h.adc), np.asarray(h.valid)), rt, plain, p, \
+        np.asarray(codes)
+
+
+def test_straggling_trigger_and_marks_match_mc(straggle):
+    """The charge scale's trigger-time jitter and mark width against the simulator.
+
+    Step, plateau below and at threshold: expected hits, first-hit tick distribution and the
+    held charge's mean and sd, all within the MC errors (|pull| < 4, chi2 p > 1e-4), where a model
+    with the scale in the mark only misses the hit counts of the threshold channels by > 10 sd
+    (measured 15-20). The others carry the approximations of the module docstring, visible at
+    N = 20000 (measured, model / MC - 1): pulse hits +0.0 %, held charge -0.8 % (the offsets of
+    the rising edge's ticks move together in the model); ramp +0.1 % / -0.1 %; steep -1.4 % /
+    -0.6 % (a fresh e for every reset row). Bounded at 2 % (hits) and 1 % (held charge).
+    """
+    (tick, adc, valid), rt, plain, p, codes = straggle
+    names = list(STRAGGLE)
+    n = valid.sum(-1).astype(np.float64)
+    se = np.sqrt(np.maximum(n.var(0, ddof=1), 1.0 / N_MC) / N_MC)
+    model = np.asarray(rt.expected_hits, np.float64)
+    pull = (n.mean(0) - model) / se
+    pull_plain = (n.mean(0) - np.asarray(plain.expected_hits, np.float64)) / se
+    lam = np.asarray(rt.lam, np.float64)
+    p_first = np.exp(np.asarray(logsumexp(rt.log_g0, axis=1), np.float64))
+    print("\nstraggling f = 0.15: E[hits] model / MC / pull / pull without the trigger term")
+    for c, name in enumerate(names):
+        print(f"  {name:6s} {model[c]:.4f} {n[:, c].mean():.4f} {pull[c]:+6.1f} "
+              f"{pull_plain[c]:+6.1f}")
+    for c, name in enumerate(names):
+        if name in SINGLE:
+            assert abs(pull[c]) < 4, (name, pull[c])
+            first = tick[:, c, 0][valid[:, c, 0]]
+            obs = np.bincount(first, minlength=W).astype(np.float64)
+            e = p_first[c] * N_MC
+            groups = merge_bins(e)
+            if len(groups) >= 2:
+                chi2 = sum((obs[g].sum() - e[g].sum()) ** 2 / max(e[g].sum(), 1.0)
+                           for g in groups)
+                assert stats.chi2.sf(chi2, len(groups)) > 1e-4, (name, chi2, len(groups))
+        else:
+            assert abs(model[c] / n[:, c].mean() - 1) < 0.02, (name, model[c])
+    assert min(abs(pull_plain[names.index(k)]) for k in ("below", "at")) > 10
+    for c, name in enumerate(names):
+        on = lam[c] > 2e-3
+        edges = np.flatnonzero(np.diff(np.r_[0, on.astype(int), 0]))
+        for a, b in zip(edges[::2], edges[1::2], strict=True):
+            sel = valid[:, c] & (tick[:, c] >= a) & (tick[:, c] < b)
+            x = adc[:, c][sel].astype(np.float64)
+            if x.size < 200:
+                continue
+            w = p[c, a:b].sum(0)
+            w = w / w.sum()
+            m = (w * codes).sum()
+            sd = np.sqrt((w * (codes - m) ** 2).sum())
+            mu4 = (w * (codes - m) ** 4).sum()
+            pm = (x.mean() - m) / (sd / np.sqrt(x.size))
+            ps = (x.std(ddof=1) - sd) / (np.sqrt(max(mu4 - sd**4, 1e-12))
+                                         / (2 * sd * np.sqrt(x.size)))
+            q_m, q_x = (float(adc_to_charge(v, EL)) for v in (m, x.mean()))
+            print(f"  {name:6s} ticks {a:2d}-{b - 1:2d}: held {q_m / 1e3:7.3f} vs "
+                  f"{q_x / 1e3:7.3f} ke, pulls mean {pm:+.1f} sd {ps:+.1f}")
+            if name in SINGLE:
+                assert abs(pm) < 4 and abs(ps) < 4, (name, a, pm, ps)
+            elif b - 1 + EL.hold_ticks < W:  # a hold past the window end while charge still
+                # arrives (steep's last slot, -7 %) is a toy artefact: the plan's windows end on
+                # the plateau after the last charge has arrived
+                assert abs(q_m / q_x - 1) < 0.01, (name, a, q_m, q_x)

@@ -27,8 +27,9 @@ stopping track, PDG eq. 34.10 region), so the pixel's final charge ``Q_c = sum_s
 .. math:: f_c^2 = \sum_s J_{cs}^2 \,\mathrm{Var}(dE_s)/dx_s^2 \Big/ \big(\sum_s J_{cs}\,
           \overline{dEdx}_s\big)^2 ,
 
-derived, not fitted (:func:`channel_charge_rel_sd`). The likelihood's Gaussian mark variance
-becomes ``sigma_q^2 + (f_c mu)^2`` for a held charge mu.
+derived, not fitted (:func:`channel_charge_rel_sd`). The likelihood treats it as a per-channel
+charge scale ``1 + e``, ``e ~ N(0, f_c^2)``, in both the trigger probabilities (the scale moves the
+threshold crossing) and the held charge (:mod:`lartpc_bayes.likelihood.readout_prob`).
 
 Units: lengths cm, energies MeV, dE/dx MeV/cm.
 """

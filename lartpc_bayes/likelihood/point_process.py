@@ -171,7 +171,8 @@ def log_likelihood(
     """log-likelihood of a hit table given the expected charges ``(Q, origin)`` per bucket.
 
     ``charge_rel_sd``: optional per-bucket (C,) relative charge sd of the channels (straggling
-    below the latent length, model.charge_fluctuation_sd), added to the charge mark's variance.
+    below the latent length, model.charge_fluctuation_sd): a per-channel charge scale whose
+    trigger-time jitter and mark width the readout model carries (readout_prob module docstring).
 
     Jitted (inlined when traced inside a larger jit), so that NumPyro's eager model runs during
     initialisation call one compiled kernel instead of dispatching op by op."""
@@ -183,13 +184,13 @@ def log_likelihood(
     rows, adcs, oks = [], [], []
     for i, ((Q, origin), b, tb) in enumerate(zip(charges, buckets, _split(table, buckets),
                                                   strict=True)):
-        rt = readout_tensors(Q, el, config.n_nodes, config.max_lag)
+        f = None if charge_rel_sd is None else charge_rel_sd[i]
+        rt = readout_tensors(Q, el, config.n_nodes, config.max_lag, rel_sd=f)
         mask = b.chan_mask
         tick = tb[..., 0]
         adc = tb[..., 1]
         valid = (tick >= 0) & (mask[:, None] > 0)
         t_rel = jnp.where(valid, tick - origin[:, None], -1)
-        f = None if charge_rel_sd is None else charge_rel_sd[i]
         if config.kind == "ppp":
             C, M = tick.shape
             n_max = min(config.max_hits[i], C * M) if config.max_hits else C * M
@@ -221,7 +222,8 @@ class LArPixReadout(Distribution):
     posterior-predictive checks need no extra plumbing. The event shape is (channels, M, 2) int32.
 
     ``charge_rel_sd`` (optional, per bucket (C,)): relative sd f of each channel's charge from the
-    straggling below the latent length; ``log_prob`` widens the charge mark by it and ``sample``
+    straggling below the latent length; ``log_prob`` carries it in the trigger times and the
+    charge mark (:mod:`lartpc_bayes.likelihood.readout_prob`) and ``sample``
     scales each channel's charge by a log-normal factor of mean 1 and sd f (right-skewed as the
     Landau it stands for).
     """

@@ -26,6 +26,22 @@ cumulative charge ``Q[u]``
   probability ``Phi((q_hi - mu)/sigma_u) - Phi((q_lo - mu)/sigma_u)`` (quantisation exact; the
   saturated code is the censored tail ``q_hi = inf``), mixed over the nodes, which the trigger
   itself reweights (it conditions rho), and over the rows.
+* **Straggling below the latent** (optional ``rel_sd`` f per channel, issue 12). The channel's
+  charge is ``(1 + e) Q`` with ``e ~ N(0, f^2)`` shared by all its ticks, so the comparator sees
+  ``rho + (1 + e) q(u)`` (q = Q[u] - Q[r], the charge in the integrator). At each tick the offset
+  ``v(u) = rho + e q(u)`` is Gaussian with sd ``sigma_v(q) = sqrt(sigma_reset^2 + f^2 q^2)``; the
+  K nodes are placed on it tick by tick, ``v_k(u) = x_k sigma_v(q(u))``: exact when either noise
+  vanishes, and in general exact in the marginal of every tick while the ticks' offsets move
+  together (their true correlation is 1 where the charge is flat, ~1 over the few ticks of a
+  threshold crossing, which is what sets the trigger time). So the scale's trigger-time jitter is
+  in the trigger probabilities, not only in the mark. Given the node at the trigger tick (charge
+  ``q_t``), the held charge ``rho + (1 + e) q`` is Gaussian with mean
+  ``v + q + beta v (q - q_t)`` and extra variance ``gamma^2 (q - q_t)^2``,
+  ``beta = f^2 q_t / sigma_v^2``, ``gamma^2 = f^2 sigma_reset^2 / sigma_v^2`` (the conditional of e
+  given v); marginally its variance is ``sigma_reset^2 + f^2 q^2``. f = 0 is the plain model. What
+  it leaves out: e is drawn afresh for every reset row, so the correlation between the trigger
+  times of successive hits on one pixel is lost (measured against the simulator in
+  tests/test_readout_prob.py: a 150 e/tick ramp's expected hits 1.3 % high at f = 0.15).
 """
 
 from __future__ import annotations
@@ -119,9 +135,12 @@ class ReadoutTensors(NamedTuple):
     expected_hits: jax.Array  # (C,)
 
 
-def readout_tensors(Q: jax.Array, el: Electronics, n_nodes: int = N_NODES, max_lag: int = 0
-                    ) -> ReadoutTensors:
+def readout_tensors(Q: jax.Array, el: Electronics, n_nodes: int = N_NODES, max_lag: int = 0,
+                    rel_sd: jax.Array | None = None) -> ReadoutTensors:
     """Trigger probabilities, slot recursion and hit intensity for the channels ``Q`` (C, W).
+
+    ``rel_sd`` (optional, (C,)): relative sd f of each channel's charge scale (straggling below the
+    latent); its trigger-time jitter enters through the node widths (module docstring).
 
     ``max_lag > 0`` bounds the lag grid of the later rows to ``min(L, max_lag)`` ticks after the
     re-arming (cost C K L max_lag instead of C K L^2): a next trigger later than that is not
@@ -133,7 +152,7 @@ def readout_tensors(Q: jax.Array, el: Electronics, n_nodes: int = N_NODES, max_l
     LB = min(L, max_lag) if max_lag > 0 else L
     x, logw = hermite_nodes(n_nodes)
     dtype = Q.dtype
-    rho = jnp.asarray(x * el.reset_noise_e, dtype)
+    x = jnp.asarray(x, dtype)
     w = jnp.asarray(np.exp(logw), dtype)
     logw = jnp.asarray(logw, dtype)
     sig_e = max(float(np.hypot(el.uncorrelated_noise_e, el.discriminator_noise_e)), 1.0)
@@ -159,8 +178,8 @@ def readout_tensors(Q: jax.Array, el: Electronics, n_nodes: int = N_NODES, max_l
         log_g = cum - log_stay + log_fire + (1.0 - mask) * LOG_ZERO
         return log_g, cum[..., -1]
 
-    def one(Qc):
-        z0 = (rho[:, None] + Qc[None, :] - thr) / sig_e  # (K, W)
+    def one(Qc, fc):
+        z0 = (straggling_nodes(x[:, None], el, fc, Qc[None, :]) + Qc[None, :] - thr) / sig_e
         log_g0, log_S0 = first_trigger(z0, jnp.ones((1, W), dtype))
         f0 = w @ jnp.exp(log_g0)  # (W,) mixture over the nodes
         log_g0 = log_g0 + logw[:, None]
@@ -170,7 +189,8 @@ def readout_tensors(Q: jax.Array, el: Electronics, n_nodes: int = N_NODES, max_l
                     jnp.zeros((n_nodes, 0), dtype), f0, jnp.zeros(0, dtype))
         q_reset = Qc[s_idx + HR]  # (L,) charge lost at the reset of row s
         q_t = Qc[jnp.minimum(t_of, W - 1)]  # (L, LB)
-        z = (rho[:, None, None] + (q_t - q_reset[:, None])[None] - thr) / sig_e  # (K, L, LB)
+        q_in = (q_t - q_reset[:, None])[None]  # (1, L, LB) charge in the integrator
+        z = (straggling_nodes(x[:, None, None], el, fc, q_in) + q_in - thr) / sig_e  # (K, L, LB)
         log_g, log_Sl = first_trigger(z, lag_okf[None])
         # the node mixture as a weighted sum of exp (no logsumexp: the per-node values are at
         # most 1, and exp(LOG_ZERO) = 0 exactly)
@@ -187,16 +207,19 @@ def readout_tensors(Q: jax.Array, el: Electronics, n_nodes: int = N_NODES, max_l
         A = fs[: M - 1, :L].sum(0) if M > 1 else jnp.zeros(L, dtype)
         return log_g0, log_gl, log_S0, log_Sl, lam, safe_log(A)
 
-    log_g0, log_gl, log_S0, log_Sl, lam, log_A = jax.vmap(one)(Q)
+    if rel_sd is None:
+        out = jax.vmap(lambda Qc: one(Qc, None))(Q)
+    else:
+        out = jax.vmap(one)(Q, jnp.asarray(rel_sd, dtype))
+    log_g0, log_gl, log_S0, log_Sl, lam, log_A = out
     return ReadoutTensors(log_g0, log_gl, log_S0, log_Sl, lam, log_A, lam.sum(-1))
 
 
-def log_adc_prob(adc, mu, el: Electronics, mark: str = "gaussian", rel_sd=None):
+def log_adc_prob(adc, mu, el: Electronics, mark: str = "gaussian", extra_var=None):
     """log P(ADC code | held charge ~ N(mu, sigma_uncorr)).
 
-    ``rel_sd`` (optional, broadcast with mu): relative sd f of the charge from the straggling below
-    the latent length (model.charge_fluctuation_sd); the charge sd becomes
-    ``sqrt(sigma_uncorr^2 + (f mu)^2)`` (None or 0: unchanged).
+    ``extra_var`` (optional, e^2, broadcast with mu): variance added to the held charge's (the
+    straggling below the latent, :func:`held_charge_moments`); None: unchanged.
 
     ``mark="exact"``: the bin probability ``Phi((q_hi - mu)/s) - Phi((q_lo - mu)/s)``.
     ``mark="gaussian"`` (DESIGN.md section 4, cheaper): the density ``N(q | mu, sigma_q)`` at the
@@ -205,8 +228,8 @@ def log_adc_prob(adc, mu, el: Electronics, mark: str = "gaussian", rel_sd=None):
     """
     lo, hi = adc_bin_edges(adc, el)
     s = max(el.uncorrelated_noise_e, 1.0)
-    if rel_sd is not None:  # straggling below the latent length (issue 12)
-        s = jnp.sqrt(s * s + (rel_sd * mu) ** 2)
+    if extra_var is not None:  # straggling below the latent length (issue 12)
+        s = jnp.sqrt(s * s + extra_var)
     if mark == "exact":
         return log_diff_ndtr((lo - mu) / s, (hi - mu) / s)
     step = el.electrons_per_adc
@@ -217,8 +240,26 @@ def log_adc_prob(adc, mu, el: Electronics, mark: str = "gaussian", rel_sd=None):
     return jnp.where(sat, log_ndtr((mu - lo) / s), gauss)
 
 
-def _rho(el: Electronics, n_nodes: int, dtype) -> jax.Array:
-    return jnp.asarray(hermite_nodes(n_nodes)[0] * el.reset_noise_e, dtype)
+def straggling_nodes(x: jax.Array, el: Electronics, rel_sd, q):
+    """Node values ``v = x sigma_v(q)`` of the comparator offset ``rho + e q`` for the charge q in
+    the integrator (module docstring), ``sigma_v^2 = sigma_reset^2 + (f q)^2``; x (standard nodes)
+    broadcasts with q. ``rel_sd`` None: the reset noise alone."""
+    if rel_sd is None:
+        return x * el.reset_noise_e
+    return x * jnp.sqrt(el.reset_noise_e**2 + (rel_sd * q) ** 2)
+
+
+def held_charge_moments(v, q, el: Electronics, rel_sd, q_t):
+    """Mean and extra variance (electrons, e^2) of the held charge ``rho + (1 + e) q`` given the
+    node v at the trigger tick (charge ``q_t``): ``v + q`` and None without straggling; with it
+    ``v + q + beta v (q - q_t)`` and ``gamma^2 (q - q_t)^2`` (module docstring)."""
+    if rel_sd is None:
+        return v + q, None
+    sr2 = el.reset_noise_e**2
+    f2 = rel_sd * rel_sd
+    sv2 = sr2 + f2 * q_t * q_t
+    d = q - q_t
+    return v + q + (f2 * q_t / sv2) * v * d, (f2 * sr2 / sv2) * d * d
 
 
 class HitRows(NamedTuple):
@@ -235,6 +276,7 @@ class HitRows(NamedTuple):
     window: jax.Array  # (N,) window length W of its bucket
     log_g0: jax.Array  # (N, K) log P(first trigger at t, node k) from the window start
     log_S0: jax.Array  # (N, K) log P(no trigger in the window, node k) from the start
+    q_trig: jax.Array  # (N,) charge at the trigger tick, Q[t]
     q_held: jax.Array  # (N,) charge held after an in-window trigger, Q[t + H]
     q_end: jax.Array  # (N,) charge at the window end, Q[W - 1]
     log_gl: jax.Array  # (N, K, R) log P(trigger at t, node k | row), LOG_ZERO off the band
@@ -260,7 +302,7 @@ def hit_rows(Q: jax.Array, rt: ReadoutTensors, chan: jax.Array, t: jax.Array, el
         tc = jnp.clip(tt, 0, W - 1)  # before the start: as at tick 0 (the charge is 0 there)
         Qc = Q[c]
         f = None if rel_sd is None else rel_sd[c]
-        head = (tt, jnp.asarray(W, tt.dtype), rt.log_g0[c, :, tc], rt.log_S0[c],
+        head = (tt, jnp.asarray(W, tt.dtype), rt.log_g0[c, :, tc], rt.log_S0[c], Qc[tc],
                 Qc[jnp.minimum(tc + el.hold_ticks, W - 1)], Qc[W - 1])
         if L == 0 or R == 0:
             zero = jnp.zeros(R, Q.dtype)
@@ -285,26 +327,31 @@ def hit_rows_intensity(rows: HitRows, adc: jax.Array, el: Electronics, n_nodes: 
     (``W <= t < W + EDGE_TICKS``) the charge is constant, Q[W-1], and the trigger weight is each
     row's survival to the end times ``(1 - h)^(t - W) h`` with h the plateau's trigger
     probability; farther out (and before ``-EDGE_TICKS``): LOG_ZERO, the floor."""
-    rho = _rho(el, n_nodes, rows.q_end.dtype)
+    x = jnp.asarray(hermite_nodes(n_nodes)[0], rows.q_end.dtype)
     sig_e = max(float(np.hypot(el.uncorrelated_noise_e, el.discriminator_noise_e)), 1.0)
     thr = el.threshold_e
     later = rows.log_gl.shape[-1] > 0
 
     def one(r: HitRows, a):
         W = r.window
+        f = r.rel_sd
         inside = (r.tt >= -EDGE_TICKS) & (r.tt < W)
         past = (r.tt >= W) & (r.tt < W + EDGE_TICKS)
         n_after = jnp.clip(r.tt - W, 0, EDGE_TICKS)
         q_held = jnp.where(past, r.q_end, r.q_held)
-        ls0, lf0 = log_stay_fire((rho + r.q_end - thr) / sig_e)
+        q_t = jnp.where(past, r.q_end, r.q_trig)  # charge at the trigger tick
+        v = straggling_nodes(x, el, f, q_t)  # (K,) offset nodes at the trigger tick
+        ls0, lf0 = log_stay_fire((v + r.q_end - thr) / sig_e)
         w0 = jnp.where(past, r.log_S0 + n_after * ls0 + lf0, r.log_g0)  # (K,)
-        out = logsumexp(w0 + log_adc_prob(a, rho + q_held, el, mark, r.rel_sd))
+        mu, var = held_charge_moments(v, q_held, el, f, q_t)
+        out = logsumexp(w0 + log_adc_prob(a, mu, el, mark, var))
         if later:
             qr = r.q_reset[None, :]
-            ls, lf = log_stay_fire((rho[:, None] + r.q_end - qr - thr) / sig_e)
+            v = straggling_nodes(x[:, None], el, f, q_t - qr)  # (K, R) (or (K, 1))
+            ls, lf = log_stay_fire((v + r.q_end - qr - thr) / sig_e)
             wl = jnp.where(past, r.log_Sl + n_after * ls + lf, r.log_gl)  # (K, R)
-            mu = rho[:, None] + q_held - qr
-            terms = wl + r.log_A[None, :] + log_adc_prob(a, mu, el, mark, r.rel_sd)
+            mu, var = held_charge_moments(v, q_held - qr, el, f, q_t - qr)
+            terms = wl + r.log_A[None, :] + log_adc_prob(a, mu, el, mark, var)
             out = jnp.logaddexp(out, logsumexp(terms))
         return jnp.where(inside | past, out, LOG_ZERO)
 
@@ -350,7 +397,7 @@ def sequential_log_prob(
     D1, L = lag_geometry(W, el)
     LB = rt.log_gl.shape[-1]
     HR = el.hold_ticks + el.reset_cycles
-    rho = _rho(el, n_nodes, Q.dtype)
+    x = jnp.asarray(hermite_nodes(n_nodes)[0], Q.dtype)
 
     def one(c, tc_, ac_, vc_):
         Qc = Q[c]
@@ -372,11 +419,14 @@ def sequential_log_prob(
                 q_reset = Qc[jnp.clip(s + HR, 0, W - 1)]
             else:
                 ok_later = jnp.array(False)
-                lg_later = jnp.full(rho.shape, LOG_ZERO, Q.dtype)
+                lg_later = jnp.full(x.shape, LOG_ZERO, Q.dtype)
                 q_reset = jnp.zeros((), Q.dtype)
             lg = jnp.where(first, rt.log_g0[c, :, tcl], lg_later)
-            mu = rho + q_held - jnp.where(first, 0.0, q_reset)
-            val = logsumexp(lg + log_adc_prob(ac_[m], mu, el, mark, f))
+            qr = jnp.where(first, 0.0, q_reset)
+            q_t = Qc[tcl] - qr  # charge in the integrator at the trigger tick
+            mu, var = held_charge_moments(straggling_nodes(x, el, f, q_t), q_held - qr, el, f,
+                                          q_t)
+            val = logsumexp(lg + log_adc_prob(ac_[m], mu, el, mark, var))
             ok = inside & (first | ok_later)
             return jnp.maximum(jnp.where(ok, val, LOG_ZERO), log_eps)
 
