@@ -67,14 +67,16 @@ def muon_batch(length_cm: float):
         [muon_segments(each, muon_shift(i), event_id=i, track_id=i) for i in range(n)])
 
 
-def proton_batch(card, length_cm: float, seed: int = 0):
-    """Whole stopping-proton tracks (generator, published cuts) until ``length_cm`` is reached."""
+def whole_tracks(card, sample: str, length_cm: float, seed: int = 0, n0: int = 8):
+    """Whole generated tracks of ``sample`` (the generator's default cuts), in generation order,
+    until their total length reaches ``length_cm`` (the generator is asked for twice as many
+    events until it has enough)."""
     from lartpc_bayes.forward.generator import generate
 
-    n = 8
+    n = n0
     while True:
-        segs = generate(card, "protons", n, seed)
-        key = segs.event_id * 100000 + segs.track_id
+        segs = generate(card, sample, n, seed)
+        key = segs.event_id.astype(np.int64) * 100000 + segs.track_id
         _, first, inv = np.unique(key, return_index=True, return_inverse=True)
         order = np.argsort(first)
         rank = np.empty_like(order)
@@ -85,6 +87,11 @@ def proton_batch(card, length_cm: float, seed: int = 0):
             k = int(np.searchsorted(cum, length_cm)) + 1
             return segs.select(rank[inv.ravel()] < k)
         n *= 2
+
+
+def proton_batch(card, length_cm: float, seed: int = 0):
+    """Whole stopping-proton tracks (generator, published cuts) until ``length_cm`` is reached."""
+    return whole_tracks(card, "protons", length_cm, seed)
 
 
 def cpu_model() -> str:

@@ -64,7 +64,7 @@ VARIANTS = ("fit", "pieces")
 #: Hessian chunk sizes compiled by the ``pieces`` variant (1 is LaplaceFitter's default)
 CHUNKS = (1, 4, 16, 64)
 
-__all__ = ["main", "muon_sample", "run_child"]
+__all__ = ["main", "muon_sample", "run_child", "spawn_child"]
 
 
 # -- child side --------------------------------------------------------------------------------
@@ -91,30 +91,14 @@ def muon_sample(length_cm: float, seed: int = 0, detector: str = "module0"):
     ``length_cm``; simulated at the card's nominal parameters. Returns (card, segments, hits,
     summary, timings)."""
     import jax
-    import numpy as np
 
     from lartpc_bayes.detector import load_card
     from lartpc_bayes.detector.physics import DetectorParams
-    from lartpc_bayes.forward.generator import generate
     from lartpc_bayes.forward.simulate import simulate_hits
 
     t0 = time.perf_counter()
     card = load_card(detector)
-    n = 4
-    while True:
-        segs = generate(card, "muons", n, seed)
-        key = segs.event_id.astype(np.int64) * 100000 + segs.track_id
-        _, first, inv = np.unique(key, return_index=True, return_inverse=True)
-        order = np.argsort(first)
-        rank = np.empty_like(order)
-        rank[order] = np.arange(order.size)
-        per_track = np.bincount(rank[inv.ravel()], weights=segs.dx)
-        cum = np.cumsum(per_track)
-        if cum[-1] >= length_cm:
-            k = int(np.searchsorted(cum, length_cm)) + 1
-            segs = segs.select(rank[inv.ravel()] < k)
-            break
-        n *= 2
+    segs = C.whole_tracks(card, "muons", length_cm, seed, n0=4)
     t1 = time.perf_counter()
     hits, summ = simulate_hits(jax.random.key(seed), card, segs,
                                DetectorParams.from_dict(card.nominal()))
@@ -295,11 +279,13 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-def _spawn(variant: str, args) -> dict:
+def spawn_child(cmd: list[str], max_rss_gb: float, timeout_s: float) -> dict:
+    """Run ``cmd`` (a child that prints its JSON record as the last stdout line) with the
+    persistent compilation cache off, polling its resident memory: killed above ``max_rss_gb``
+    (status "oom") or after ``timeout_s`` ("timeout"). Returns the record with ``status``,
+    ``wall_parent_s`` and ``polled_max_rss_mb``."""
     env = dict(os.environ, LARTPC_BAYES_CACHE_DIR="off", JAX_PLATFORMS=os.environ.get(
         "JAX_PLATFORMS", "cpu"))
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", variant,
-           "--length-cm", str(args.length_cm), "--seed", str(args.seed)]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None, text=True, env=env)
     state = {"max_mb": 0.0, "killed": None}
@@ -308,11 +294,11 @@ def _spawn(variant: str, args) -> dict:
         while proc.poll() is None:
             mb = _rss_mb(proc.pid)
             state["max_mb"] = max(state["max_mb"], mb)
-            if mb > args.max_rss_gb * 1024:
-                state["killed"] = f"RSS {mb:.0f} MiB above --max-rss-gb {args.max_rss_gb}"
+            if mb > max_rss_gb * 1024:
+                state["killed"] = f"RSS {mb:.0f} MiB above --max-rss-gb {max_rss_gb}"
                 proc.kill()
-            elif time.perf_counter() - t0 > args.timeout:
-                state["killed"] = f"ran past --timeout {args.timeout} s"
+            elif time.perf_counter() - t0 > timeout_s:
+                state["killed"] = f"ran past --timeout {timeout_s} s"
                 proc.kill()
             time.sleep(0.2)
 
@@ -320,8 +306,7 @@ def _spawn(variant: str, args) -> dict:
     th.start()
     out, _ = proc.communicate()
     th.join()
-    rec = {"variant": variant, "wall_parent_s": time.perf_counter() - t0,
-           "polled_max_rss_mb": state["max_mb"]}
+    rec = {"wall_parent_s": time.perf_counter() - t0, "polled_max_rss_mb": state["max_mb"]}
     if state["killed"]:
         rec.update(status="oom" if "RSS" in state["killed"] else "timeout",
                    reason=state["killed"])
@@ -330,6 +315,12 @@ def _spawn(variant: str, args) -> dict:
     else:
         rec.update(status="ok", **json.loads(out.strip().splitlines()[-1]))
     return rec
+
+
+def _spawn(variant: str, args) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", variant,
+           "--length-cm", str(args.length_cm), "--seed", str(args.seed)]
+    return {"variant": variant, **spawn_child(cmd, args.max_rss_gb, args.timeout)}
 
 
 def _write_atomic(path: Path, obj: dict) -> None:

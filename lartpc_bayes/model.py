@@ -233,7 +233,7 @@ class CalibrationProblem:
     geometry: ProblemGeometry | None = None
     #: per bucket, (C,) relative sd of each channel's charge from the straggling of the segments
     #: feeding it (forward/latent_prior.py); None: no fluctuations below the latent length
-    charge_rel_sd: tuple[np.ndarray, ...] | None = None
+    charge_straggling: tuple[np.ndarray, ...] | None = None
 
     @property
     def free(self) -> tuple[str, ...]:
@@ -309,7 +309,7 @@ def build_problem(
     if latent_prior == "derived" and n_lat:
         problem.prior = derived_latent_prior(card, segments, s2l, n_lat, generator_config)
     if charge_fluctuations:
-        problem.charge_rel_sd = charge_fluctuation_sd(problem, segments, generator_config)
+        problem.charge_straggling = charge_fluctuation_sd(problem, segments, generator_config)
     return problem
 
 
@@ -333,17 +333,18 @@ def derived_latent_prior(card: DetectorCard, segments: Segments, seg_to_latent: 
 
 def charge_fluctuation_sd(problem: CalibrationProblem, segments: Segments,
                           generator_config=None) -> tuple[np.ndarray, ...]:
-    """Per bucket, the (C,) relative sd of every channel's charge from the straggling of the
-    segments feeding it, around the latent mean (:func:`lartpc_bayes.forward.latent_prior.
-    channel_charge_rel_sd`), at the card's nominal parameters.
+    """Per bucket, (C, 2): the relative sd and relative third cumulant of every channel's charge
+    from the straggling of the segments feeding it, around the latent mean
+    (:func:`lartpc_bayes.forward.latent_prior.channel_charge_straggling`), at the card's nominal
+    parameters.
 
     MIP segments: truncated Landau of their own dx at the beta*gamma of the generator's momentum
     (``GeneratorConfig.muon_momentum_MeV``, 4 GeV/c by default; 4 GeV/c when it draws a spectrum,
     the straggling width depends on it only through the slow rise of the Landau mode). Stopping
-    segments: Bohr variance at the CSDA energy of their mid residual range."""
+    segments: Bohr cumulants at the CSDA energy of their mid residual range."""
     from .forward import energy_loss as el
     from .forward.generator import GeneratorConfig
-    from .forward.latent_prior import channel_charge_rel_sd, segment_dedx_variance
+    from .forward.latent_prior import channel_charge_straggling, segment_dedx_cumulants
 
     card = problem.card
     rho = card.physics.lar_density_g_cm3
@@ -371,14 +372,14 @@ def charge_fluctuation_sd(problem: CalibrationProblem, segments: Segments,
                           for i, mm in zip(seg, m, strict=True)])
         bg[seg] = el.beta_gamma_from_kinetic_energy(t_mid, m)
         mass[seg] = m
-    var = np.zeros(n)
+    var, k3 = np.zeros(n), np.zeros(n)
     for mm in np.unique(mass):
         sel = mass == mm
-        var[sel] = segment_dedx_variance(segments.dx[sel], bg[sel], rho, mass_MeV=float(mm),
-                                         stopping=stop[sel],
-                                         delta_ray_cut_MeV=cfg.delta_ray_cut_MeV)
+        var[sel], k3[sel] = segment_dedx_cumulants(
+            segments.dx[sel], bg[sel], rho, mass_MeV=float(mm), stopping=stop[sel],
+            delta_ray_cut_MeV=cfg.delta_ray_cut_MeV)
     params = DetectorParams(*(jnp.asarray(card.nominal()[p], jnp.float32) for p in PARAM_NAMES))
-    return channel_charge_rel_sd(problem.plan, card, dedx, var, params)
+    return channel_charge_straggling(problem.plan, card, dedx, var, params, k3_dEdx_seg=k3)
 
 
 def latent_scale(prior: dict[str, float]) -> float:
@@ -434,7 +435,7 @@ def calibration_model(problem: CalibrationProblem, hits=None):
         "hits",
         LArPixReadout(
             charges, problem.plan.buckets, card.electronics, problem.likelihood, problem.n_outside,
-            charge_rel_sd=problem.charge_rel_sd,
+            charge_straggling=problem.charge_straggling,
         ),
         obs=hits,
     )

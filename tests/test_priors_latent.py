@@ -80,6 +80,6 @@ def test_build_problem_uses_per_length_prior(card):
     assert np.all(np.diff(pb.prior["loc"][np.argsort(L)]) >= -1e-9)
     pb0 = build_problem(card, seg, None, latent_length_cm=5.0, latent_prior="published",
                         charge_fluctuations=False)
-    assert pb0.prior == MIP_PRIOR and pb0.charge_rel_sd is None
+    assert pb0.prior == MIP_PRIOR and pb0.charge_straggling is None
     with pytest.raises(ValueError, match="latent_prior"):
         build_problem(card, seg, None, latent_prior="bogus")

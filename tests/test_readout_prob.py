@@ -483,12 +483,14 @@ def straggle():
         return simulate_channels(k1, Q * g[:, None], EL, True)
 
     h = jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(SEED + 1), N_MC))
-    f = jnp.full(C, F_STRAGGLE, jnp.float32)
-    rt = readout_tensors(Q, EL, N_MARK_NODES, 0, rel_sd=f)
+    # the model's (f, k) of that log-normal: skewness 3 f + f^3
+    g = 3 * F_STRAGGLE + F_STRAGGLE**3
+    f = jnp.tile(jnp.asarray([[F_STRAGGLE, g * F_STRAGGLE**3]], jnp.float32), (C, 1))
+    rt = readout_tensors(Q, EL, N_MARK_NODES, 0, straggling=f)
     codes = jnp.arange(40, 160)
     marks = jax.jit(lambda c: jnp.exp(hit_log_intensity(
         Q, rt, jnp.full(W * codes.size, c), jnp.repeat(jnp.arange(W), codes.size),
-        jnp.tile(codes, W), EL, N_MARK_NODES, "exact", rel_sd=f)).reshape(W, codes.size))
+        jnp.tile(codes, W), EL, N_MARK_NODES, "exact", straggling=f)).reshape(W, codes.size))
     p = np.stack([np.asarray(marks(c), np.float64) for c in range(C)])
     plain = readout_tensors(Q, EL, N_MARK_NODES, 0)  # the charge scale in the mark only
     return (np.asarray(h.tick), np.asarray(h.adc), np.asarray(h.valid)), rt, plain, p, \

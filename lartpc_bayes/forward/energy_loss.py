@@ -488,29 +488,42 @@ def landau_loc_scale(mpv_MeV, xi_MeV) -> tuple[np.ndarray, np.ndarray]:
 
 
 @lru_cache(maxsize=1)
-def _landau_moment_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Standard (scipy) Landau: grid x, CDF F(x), partial moments M1 = int x f, M2 = int x^2 f."""
+def _landau_moment_tables() -> tuple[np.ndarray, ...]:
+    """Standard (scipy) Landau: grid x, CDF F(x), partial moments M_n = int x^n f (n = 1, 2, 3)."""
     x = np.concatenate([np.linspace(-6.0, 20.0, 26001), np.geomspace(20.0, 1e7, 8001)[1:]])
     f = stats.landau.pdf(x)
     cdf = stats.landau.cdf(x)
     dx = np.diff(x)
-    m1 = np.concatenate([[0.0], np.cumsum(0.5 * (x[1:] * f[1:] + x[:-1] * f[:-1]) * dx)])
-    m2 = np.concatenate([[0.0], np.cumsum(0.5 * (x[1:] ** 2 * f[1:] + x[:-1] ** 2 * f[:-1]) * dx)])
-    return x, cdf, m1, m2
+
+    def partial(n):
+        y = x**n * f
+        return np.concatenate([[0.0], np.cumsum(0.5 * (y[1:] + y[:-1]) * dx)])
+
+    return x, cdf, partial(1), partial(2), partial(3)
 
 
-def truncated_landau_standard_moments(x_max) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and variance of the standard (scipy) Landau variable truncated to x <= x_max.
+def truncated_landau_standard_cumulants(x_max) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, variance and third central moment (cumulant) of the standard (scipy) Landau variable
+    truncated to x <= x_max.
 
     Partial moments are integrated on a dense grid (x from -6, where the density is < 1e-40, to
     1e7); the upper tail f ~ (2/pi)/x^2 makes the untruncated mean infinite and the truncated mean
-    grow as (2/pi) ln x_max.
+    grow as (2/pi) ln x_max, the variance as (2/pi) x_max and the third moment as x_max^2/pi.
     """
-    x, cdf, m1, m2 = _landau_moment_tables()
+    x, cdf, m1, m2, m3 = _landau_moment_tables()
     xm = np.clip(np.asarray(x_max, dtype=np.float64), x[0] + 1e-9, x[-1])
     f = np.interp(xm, x, cdf)
     mean = np.interp(xm, x, m1) / f
-    var = np.interp(xm, x, m2) / f - mean**2
+    e2 = np.interp(xm, x, m2) / f
+    e3 = np.interp(xm, x, m3) / f
+    var = e2 - mean**2
+    return mean, var, e3 - 3 * mean * e2 + 2 * mean**3
+
+
+def truncated_landau_standard_moments(x_max) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance of the standard (scipy) Landau variable truncated to x <= x_max
+    (:func:`truncated_landau_standard_cumulants`)."""
+    mean, var, _ = truncated_landau_standard_cumulants(x_max)
     return mean, var
 
 

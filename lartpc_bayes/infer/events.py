@@ -91,7 +91,7 @@ class EventData(NamedTuple):
     n_outside: jax.Array  # (E,) hits outside the event's channels
     weight: jax.Array  # (E,) 1 real event, 0 padding event
     prior: tuple[jax.Array, ...]  # (E, L) each: split-t loc, s_left, s_right, nu_left, nu_right
-    rel_sd: tuple[jax.Array, ...] | None  # per window class (E, C) relative charge sd, or None
+    straggling: tuple[jax.Array, ...] | None  # per window class (E, C, 2) charge straggling
 
 
 @dataclass
@@ -148,7 +148,7 @@ def _event_arrays(pb: CalibrationProblem, mass: float | None):
         by_w[b.window] = ({k: np.asarray(getattr(b, k)) for k in Bucket._fields},
                           table[start:start + C])
         start += C
-    rel = getattr(pb, "charge_rel_sd", None)
+    rel = getattr(pb, "charge_straggling", None)
     for j, b in enumerate(plan.buckets):
         by_w[b.window] += (None if rel is None else np.asarray(rel[j], np.float64),)
     prior = {k: np.broadcast_to(np.asarray(pb.prior[k], np.float64), (pb.n_latent,))
@@ -199,7 +199,7 @@ def _stack_bucket(arrs: list[dict], weights: list[float], M: int, base: Likeliho
                      "ticks": np.arange(w, dtype=np.int32), "chan_mask": np.zeros(1)}
                 tb = np.full((1, M, 2), -1, np.int32)
                 rel = None
-            rels[w].append(_pad(rel if rel is not None else np.zeros(b["chan_mask"].size),
+            rels[w].append(_pad(rel if rel is not None else np.zeros((b["chan_mask"].size, 2)),
                                 C[w], 0.0))
             bks[w]["pair_sub"].append(_pad(b["pair_sub"], Pn[w], 0))
             bks[w]["pair_chan"].append(_pad(b["pair_chan"], Pn[w], C[w] - 1))
@@ -319,7 +319,7 @@ class EventBatch:
         th = self.theta_physical(theta_u)
         params = DetectorParams(*(th[p] for p in PARAM_NAMES))
         charges = expected_charge((ev.sub, ev.buckets), dEdx, params, self.card)
-        rel = {} if ev.rel_sd is None else {"charge_rel_sd": ev.rel_sd}
+        rel = {} if ev.straggling is None else {"charge_straggling": ev.straggling}
         ll = log_likelihood(charges, ev.buckets, table, ev.n_outside, self.card.electronics,
                             bk.config, **rel)
         lp_z = SplitStudentT(0.0, pr["s_left"] / s, pr["s_right"] / s, pr["nu_left"],

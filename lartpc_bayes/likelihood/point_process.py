@@ -166,11 +166,12 @@ def log_likelihood(
     n_outside,
     el: Electronics,
     config: LikelihoodConfig,
-    charge_rel_sd: tuple[jax.Array, ...] | None = None,
+    charge_straggling: tuple[jax.Array, ...] | None = None,
 ) -> jax.Array:
     """log-likelihood of a hit table given the expected charges ``(Q, origin)`` per bucket.
 
-    ``charge_rel_sd``: optional per-bucket (C,) relative charge sd of the channels (straggling
+    ``charge_straggling``: optional per-bucket (C, 2) relative sd and third cumulant of the
+    channels' charge (straggling
     below the latent length, model.charge_fluctuation_sd): a per-channel charge scale whose
     trigger-time jitter and mark width the readout model carries (readout_prob module docstring).
 
@@ -184,8 +185,8 @@ def log_likelihood(
     rows, adcs, oks = [], [], []
     for i, ((Q, origin), b, tb) in enumerate(zip(charges, buckets, _split(table, buckets),
                                                   strict=True)):
-        f = None if charge_rel_sd is None else charge_rel_sd[i]
-        rt = readout_tensors(Q, el, config.n_nodes, config.max_lag, rel_sd=f)
+        f = None if charge_straggling is None else charge_straggling[i]
+        rt = readout_tensors(Q, el, config.n_nodes, config.max_lag, straggling=f)
         mask = b.chan_mask
         tick = tb[..., 0]
         adc = tb[..., 1]
@@ -196,14 +197,14 @@ def log_likelihood(
             n_max = min(config.max_hits[i], C * M) if config.max_hits else C * M
             flat = valid.ravel()
             (idx,) = jnp.nonzero(flat, size=n_max, fill_value=0)
-            rows.append(hit_rows(Q, rt, idx // M, t_rel.ravel()[idx], el, n_rows, rel_sd=f))
+            rows.append(hit_rows(Q, rt, idx // M, t_rel.ravel()[idx], el, n_rows, straggling=f))
             adcs.append(jnp.maximum(adc, 0).ravel()[idx])
             oks.append(jnp.arange(n_max) < flat.sum())
             total = total + jnp.maximum(flat.sum() - n_max, 0) * log_eps  # beyond the list
             total = total - (rt.expected_hits * mask).sum()
         else:
             seq = sequential_log_prob(Q, rt, t_rel, jnp.maximum(adc, 0), valid, el, log_eps,
-                                      config.n_nodes, config.mark, rel_sd=f)
+                                      config.n_nodes, config.mark, straggling=f)
             total = total + (seq * mask).sum()
     if rows:
         li = hit_rows_intensity(jax.tree.map(lambda *a: jnp.concatenate(a), *rows),
@@ -221,22 +222,23 @@ class LArPixReadout(Distribution):
     (:mod:`lartpc_bayes.forward.readout`) on the same charges, so ``Predictive`` and
     posterior-predictive checks need no extra plumbing. The event shape is (channels, M, 2) int32.
 
-    ``charge_rel_sd`` (optional, per bucket (C,)): relative sd f of each channel's charge from the
+    ``charge_straggling`` (optional, per bucket (C, 2)): relative sd f and relative third cumulant
+    k of each channel's charge from the
     straggling below the latent length; ``log_prob`` carries it in the trigger times and the
-    charge mark (:mod:`lartpc_bayes.likelihood.readout_prob`) and ``sample``
-    scales each channel's charge by a log-normal factor of mean 1 and sd f (right-skewed as the
-    Landau it stands for).
+    charge mark (:mod:`lartpc_bayes.likelihood.readout_prob`) and ``sample`` scales each
+    channel's charge by a shifted log-normal factor of mean 1, sd f and skewness k / f^3
+    (:func:`straggling_scale`; right-skewed as the Landau it stands for).
     """
 
     arg_constraints: ClassVar[dict] = {}
     support = constraints.real_vector  # integer table; values are not validated
-    pytree_data_fields = ("charges", "buckets", "n_outside", "charge_rel_sd")
+    pytree_data_fields = ("charges", "buckets", "n_outside", "charge_straggling")
     pytree_aux_fields = ("el", "config")
 
     def __init__(self, charges, buckets, el: Electronics, config: LikelihoodConfig,
-                 n_outside=0, validate_args=None, charge_rel_sd=None):
+                 n_outside=0, validate_args=None, charge_straggling=None):
         self.charges = tuple(charges)
-        self.charge_rel_sd = None if charge_rel_sd is None else tuple(charge_rel_sd)
+        self.charge_straggling = None if charge_straggling is None else tuple(charge_straggling)
         self.buckets = tuple(buckets)
         self.el = el
         self.config = config
@@ -247,26 +249,41 @@ class LArPixReadout(Distribution):
 
     def sample(self, key, sample_shape=()):
         return _sample_tables(key, self.charges, self.buckets, self.el, tuple(sample_shape),
-                              self.charge_rel_sd)
+                              self.charge_straggling)
 
     def log_prob(self, value):
         return log_likelihood(self.charges, self.buckets, value, self.n_outside, self.el,
-                              self.config, self.charge_rel_sd)
+                              self.config, self.charge_straggling)
+
+
+def straggling_scale(key, st, dtype) -> jax.Array:
+    """Per-channel charge scale ``1 + e`` of mean 1, sd f and skewness ``g = k / f^3`` from the
+    (C, 2) straggling ``st``: a shifted log-normal ``1 + a (Y - E Y)``, ``Y = exp(s Z)`` with
+    ``exp(s^2) = w + 1/w - 1``, ``w^3 = 1 + g^2/2 + g sqrt(1 + g^2/4)`` (the log-normal of that
+    skewness) and a the sd ratio; g is floored at 1e-3 (a Gaussian scale there)."""
+    f = jnp.asarray(st[..., 0], dtype)
+    g = jnp.maximum(jnp.asarray(st[..., 1], dtype) / jnp.maximum(f, 1e-6) ** 3, 1e-3)
+    w = jnp.cbrt(1.0 + 0.5 * g * g + g * jnp.sqrt(1.0 + 0.25 * g * g))
+    om = w + 1.0 / w - 1.0  # exp(s^2)
+    s = jnp.sqrt(jnp.log(om))
+    sd_y = jnp.sqrt(om - 1.0)  # sd of exp(s Z - s^2 / 2)
+    z = jax.random.normal(key, f.shape, dtype)
+    y = jnp.exp(s * z - 0.5 * s * s)  # mean 1
+    return 1.0 + f * (y - 1.0) / sd_y
 
 
 @partial(jax.jit, static_argnames=("el", "sample_shape"))
-def _sample_tables(key, charges, buckets, el: Electronics, sample_shape=(), charge_rel_sd=None):
+def _sample_tables(key, charges, buckets, el: Electronics, sample_shape=(),
+                   charge_straggling=None):
     """Hit tables from the stochastic readout, (*sample_shape, channels, M, 2)."""
 
     def one(k):
         rows = []
         for i, (kk, (Q, origin), b) in enumerate(zip(jax.random.split(k, len(charges)), charges,
                                                      buckets, strict=True)):
-            if charge_rel_sd is not None:  # straggling below the latent: log-normal, mean 1
+            if charge_straggling is not None:  # straggling below the latent: skewed, mean 1
                 kk, kf = jax.random.split(kk)
-                s2 = jnp.log1p(jnp.asarray(charge_rel_sd[i], Q.dtype) ** 2)
-                g = jnp.exp(jnp.sqrt(s2) * jax.random.normal(kf, s2.shape, Q.dtype) - 0.5 * s2)
-                Q = Q * g[:, None]
+                Q = Q * straggling_scale(kf, charge_straggling[i], Q.dtype)[:, None]
             h = simulate_channels(kk, Q, el)
             ok = h.valid & (b.chan_mask[:, None] > 0)
             rows.append(jnp.stack([jnp.where(ok, h.tick + origin[:, None], -1),

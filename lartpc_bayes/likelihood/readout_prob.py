@@ -26,22 +26,25 @@ cumulative charge ``Q[u]``
   probability ``Phi((q_hi - mu)/sigma_u) - Phi((q_lo - mu)/sigma_u)`` (quantisation exact; the
   saturated code is the censored tail ``q_hi = inf``), mixed over the nodes, which the trigger
   itself reweights (it conditions rho), and over the rows.
-* **Straggling below the latent** (optional ``rel_sd`` f per channel, issue 12). The channel's
-  charge is ``(1 + e) Q`` with ``e ~ N(0, f^2)`` shared by all its ticks, so the comparator sees
-  ``rho + (1 + e) q(u)`` (q = Q[u] - Q[r], the charge in the integrator). At each tick the offset
-  ``v(u) = rho + e q(u)`` is Gaussian with sd ``sigma_v(q) = sqrt(sigma_reset^2 + f^2 q^2)``; the
-  K nodes are placed on it tick by tick, ``v_k(u) = x_k sigma_v(q(u))``: exact when either noise
-  vanishes, and in general exact in the marginal of every tick while the ticks' offsets move
-  together (their true correlation is 1 where the charge is flat, ~1 over the few ticks of a
-  threshold crossing, which is what sets the trigger time). So the scale's trigger-time jitter is
-  in the trigger probabilities, not only in the mark. Given the node at the trigger tick (charge
+* **Straggling below the latent** (optional ``straggling = (f, k)`` per channel, issue 12: the
+  relative sd and relative third cumulant of the channel's charge). The channel's charge is
+  ``(1 + e) Q`` with e of mean 0, sd f and third cumulant k, shared by all its ticks, so the
+  comparator sees ``rho + (1 + e) q(u)`` (q = Q[u] - Q[r], the charge in the integrator). At each
+  tick the offset ``v(u) = rho + e q(u)`` has sd ``sigma_v(q) = sqrt(sigma_reset^2 + f^2 q^2)``
+  and skewness ``g = k q^3 / sigma_v^3``; the K nodes are placed on it tick by tick with the
+  Cornish-Fisher quantile map ``v_k(u) = sigma_v (x_k + g (x_k^2 - 1) / 6)``: exact in the first
+  three cumulants of every tick's marginal, while the ticks' offsets move together (their true
+  correlation is 1 where the charge is flat, ~1 over the few ticks of a threshold crossing, which
+  is what sets the trigger time). The skew matters: a pixel fed by one or two 0.4 cm segments
+  keeps much of their Landau skew (skewness 2.5, median 8 % below the mean), so its typical
+  charge, and trigger time, is not the mean's. Given the node at the trigger tick (charge
   ``q_t``), the held charge ``rho + (1 + e) q`` is Gaussian with mean
   ``v + q + beta v (q - q_t)`` and extra variance ``gamma^2 (q - q_t)^2``,
-  ``beta = f^2 q_t / sigma_v^2``, ``gamma^2 = f^2 sigma_reset^2 / sigma_v^2`` (the conditional of e
-  given v); marginally its variance is ``sigma_reset^2 + f^2 q^2``. f = 0 is the plain model. What
-  it leaves out: e is drawn afresh for every reset row, so the correlation between the trigger
-  times of successive hits on one pixel is lost (measured against the simulator in
-  tests/test_readout_prob.py: a 150 e/tick ramp's expected hits 1.3 % high at f = 0.15).
+  ``beta = f^2 q_t / sigma_v^2``, ``gamma^2 = f^2 sigma_reset^2 / sigma_v^2`` (the Gaussian
+  conditional of e given v); marginally its variance is ``sigma_reset^2 + f^2 q^2``. f = 0 is the
+  plain model. What it leaves out: e is drawn afresh for every reset row, so the correlation
+  between the trigger times of successive hits on one pixel is lost (measured against the
+  simulator in tests/test_readout_prob.py: a steep channel's expected hits 1.4 % low).
 """
 
 from __future__ import annotations
@@ -136,11 +139,12 @@ class ReadoutTensors(NamedTuple):
 
 
 def readout_tensors(Q: jax.Array, el: Electronics, n_nodes: int = N_NODES, max_lag: int = 0,
-                    rel_sd: jax.Array | None = None) -> ReadoutTensors:
+                    straggling: jax.Array | None = None) -> ReadoutTensors:
     """Trigger probabilities, slot recursion and hit intensity for the channels ``Q`` (C, W).
 
-    ``rel_sd`` (optional, (C,)): relative sd f of each channel's charge scale (straggling below the
-    latent); its trigger-time jitter enters through the node widths (module docstring).
+    ``straggling`` (optional, (C, 2)): relative sd f and relative third cumulant k of each
+    channel's charge scale (straggling below the latent); its trigger-time jitter enters through
+    the node values (module docstring).
 
     ``max_lag > 0`` bounds the lag grid of the later rows to ``min(L, max_lag)`` ticks after the
     re-arming (cost C K L max_lag instead of C K L^2): a next trigger later than that is not
@@ -207,10 +211,10 @@ def readout_tensors(Q: jax.Array, el: Electronics, n_nodes: int = N_NODES, max_l
         A = fs[: M - 1, :L].sum(0) if M > 1 else jnp.zeros(L, dtype)
         return log_g0, log_gl, log_S0, log_Sl, lam, safe_log(A)
 
-    if rel_sd is None:
+    if straggling is None:
         out = jax.vmap(lambda Qc: one(Qc, None))(Q)
     else:
-        out = jax.vmap(one)(Q, jnp.asarray(rel_sd, dtype))
+        out = jax.vmap(one)(Q, jnp.asarray(straggling, dtype))
     log_g0, log_gl, log_S0, log_Sl, lam, log_A = out
     return ReadoutTensors(log_g0, log_gl, log_S0, log_Sl, lam, log_A, lam.sum(-1))
 
@@ -240,23 +244,35 @@ def log_adc_prob(adc, mu, el: Electronics, mark: str = "gaussian", extra_var=Non
     return jnp.where(sat, log_ndtr((mu - lo) / s), gauss)
 
 
-def straggling_nodes(x: jax.Array, el: Electronics, rel_sd, q):
-    """Node values ``v = x sigma_v(q)`` of the comparator offset ``rho + e q`` for the charge q in
-    the integrator (module docstring), ``sigma_v^2 = sigma_reset^2 + (f q)^2``; x (standard nodes)
-    broadcasts with q. ``rel_sd`` None: the reset noise alone."""
-    if rel_sd is None:
+#: largest skewness of a node's offset taken into the Cornish-Fisher nodes: x + g (x^2 - 1) / 6 is
+#: monotone over the 8 default nodes (|x| <= 4.1) only for g < 0.73
+SKEW_MAX = 0.7
+
+
+def straggling_nodes(x: jax.Array, el: Electronics, straggling, q):
+    """Node values of the comparator offset ``rho + e q`` for the charge q in the integrator
+    (module docstring): ``v = sigma_v (x + g (x^2 - 1) / 6)``, ``sigma_v^2 = sigma_reset^2 +
+    (f q)^2``, skewness ``g = k q^3 / sigma_v^3`` (clipped to [0, SKEW_MAX]), with
+    ``straggling = (f, k)`` the channel's relative sd and relative third cumulant; x (standard
+    nodes) broadcasts with q. ``straggling`` None: the reset noise alone."""
+    if straggling is None:
         return x * el.reset_noise_e
-    return x * jnp.sqrt(el.reset_noise_e**2 + (rel_sd * q) ** 2)
+    f, k = straggling[..., 0], straggling[..., 1]
+    sv = jnp.sqrt(el.reset_noise_e**2 + (f * q) ** 2)
+    g = jnp.clip(k * (q / sv) ** 3, 0.0, SKEW_MAX)
+    return sv * (x + g * (x * x - 1.0) / 6.0)
 
 
-def held_charge_moments(v, q, el: Electronics, rel_sd, q_t):
+def held_charge_moments(v, q, el: Electronics, straggling, q_t):
     """Mean and extra variance (electrons, e^2) of the held charge ``rho + (1 + e) q`` given the
     node v at the trigger tick (charge ``q_t``): ``v + q`` and None without straggling; with it
-    ``v + q + beta v (q - q_t)`` and ``gamma^2 (q - q_t)^2`` (module docstring)."""
-    if rel_sd is None:
+    ``v + q + beta v (q - q_t)`` and ``gamma^2 (q - q_t)^2`` (module docstring; the Gaussian
+    regression of e on the offset, with the node's skewed value)."""
+    if straggling is None:
         return v + q, None
+    f = straggling[..., 0]
     sr2 = el.reset_noise_e**2
-    f2 = rel_sd * rel_sd
+    f2 = f * f
     sv2 = sr2 + f2 * q_t * q_t
     d = q - q_t
     return v + q + (f2 * q_t / sv2) * v * d, (f2 * sr2 / sv2) * d * d
@@ -283,11 +299,11 @@ class HitRows(NamedTuple):
     log_Sl: jax.Array  # (N, K, R) log P(no trigger through the band, node k | row)
     log_A: jax.Array  # (N, R) log intensity of the row, LOG_ZERO where it does not exist
     q_reset: jax.Array  # (N, R) charge lost at the row's reset
-    rel_sd: jax.Array | None  # (N,) relative charge sd of the channel (log_adc_prob) or None
+    straggling: jax.Array | None  # (N, 2) the channel's charge straggling (f, k), or None
 
 
 def hit_rows(Q: jax.Array, rt: ReadoutTensors, chan: jax.Array, t: jax.Array, el: Electronics,
-             n_rows: int | None = None, rel_sd=None) -> HitRows:
+             n_rows: int | None = None, straggling=None) -> HitRows:
     """Gather :class:`HitRows` for hits (chan, t) of one bucket; ``n_rows`` (>= its LB, default
     LB) pads the rows so that buckets concatenate."""
     W = Q.shape[1]
@@ -301,7 +317,7 @@ def hit_rows(Q: jax.Array, rt: ReadoutTensors, chan: jax.Array, t: jax.Array, el
     def one(c, tt):
         tc = jnp.clip(tt, 0, W - 1)  # before the start: as at tick 0 (the charge is 0 there)
         Qc = Q[c]
-        f = None if rel_sd is None else rel_sd[c]
+        f = None if straggling is None else straggling[c]
         head = (tt, jnp.asarray(W, tt.dtype), rt.log_g0[c, :, tc], rt.log_S0[c], Qc[tc],
                 Qc[jnp.minimum(tc + el.hold_ticks, W - 1)], Qc[W - 1])
         if L == 0 or R == 0:
@@ -334,7 +350,7 @@ def hit_rows_intensity(rows: HitRows, adc: jax.Array, el: Electronics, n_nodes: 
 
     def one(r: HitRows, a):
         W = r.window
-        f = r.rel_sd
+        f = r.straggling
         inside = (r.tt >= -EDGE_TICKS) & (r.tt < W)
         past = (r.tt >= W) & (r.tt < W + EDGE_TICKS)
         n_after = jnp.clip(r.tt - W, 0, EDGE_TICKS)
@@ -360,13 +376,13 @@ def hit_rows_intensity(rows: HitRows, adc: jax.Array, el: Electronics, n_nodes: 
 
 def hit_log_intensity(
     Q: jax.Array, rt: ReadoutTensors, chan: jax.Array, t: jax.Array, adc: jax.Array,
-    el: Electronics, n_nodes: int = N_NODES, mark: str = "gaussian", rel_sd=None,
+    el: Electronics, n_nodes: int = N_NODES, mark: str = "gaussian", straggling=None,
 ) -> jax.Array:
     """PPP log intensity of hits of one bucket: ``log(lambda(t) P(code | t))``, mixed over rows
     and rho (:func:`hit_rows` then :func:`hit_rows_intensity`).
 
     chan, t, adc : (N,) channel index in the bucket, tick index in its window, ADC code.
-    rel_sd : optional (C,) relative charge sd per channel of the bucket (:func:`log_adc_prob`).
+    straggling : optional (C, 2) charge straggling (f, k) per channel of the bucket.
 
     **Window edges.** The window origin moves in whole ticks with the parameters, so a hit near
     an edge can leave the window when a parameter changes. Within ``EDGE_TICKS`` of the edges the
@@ -375,14 +391,14 @@ def hit_log_intensity(
     h the trigger probability on the plateau; before the start (no charge yet) as at tick 0.
     Farther out: LOG_ZERO (the floor).
     """
-    return hit_rows_intensity(hit_rows(Q, rt, chan, t, el, rel_sd=rel_sd), adc, el, n_nodes,
-                              mark)
+    return hit_rows_intensity(hit_rows(Q, rt, chan, t, el, straggling=straggling), adc, el,
+                              n_nodes, mark)
 
 
 def sequential_log_prob(
     Q: jax.Array, rt: ReadoutTensors, t: jax.Array, adc: jax.Array, valid: jax.Array,
     el: Electronics, log_eps: float, n_nodes: int = N_NODES, mark: str = "gaussian",
-    rel_sd=None,
+    straggling=None,
 ) -> jax.Array:
     """Exact sequential log-likelihood of each channel's observed hit sequence, (C,).
 
@@ -401,7 +417,7 @@ def sequential_log_prob(
 
     def one(c, tc_, ac_, vc_):
         Qc = Q[c]
-        f = None if rel_sd is None else rel_sd[c]
+        f = None if straggling is None else straggling[c]
         prev = jnp.concatenate([jnp.array([-1], tc_.dtype), tc_[:-1]])  # previous trigger tick
 
         def hit_term(m):
