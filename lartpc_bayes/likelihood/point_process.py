@@ -42,6 +42,7 @@ from .readout_prob import (
     hit_rows,
     hit_rows_intensity,
     lag_geometry,
+    lognormal_shape,
     readout_tensors,
     sequential_log_prob,
 )
@@ -258,18 +259,14 @@ class LArPixReadout(Distribution):
 
 def straggling_scale(key, st, dtype) -> jax.Array:
     """Per-channel charge scale ``1 + e`` of mean 1, sd f and skewness ``g = k / f^3`` from the
-    (C, 2) straggling ``st``: a shifted log-normal ``1 + a (Y - E Y)``, ``Y = exp(s Z)`` with
-    ``exp(s^2) = w + 1/w - 1``, ``w^3 = 1 + g^2/2 + g sqrt(1 + g^2/4)`` (the log-normal of that
-    skewness) and a the sd ratio; g is floored at 1e-3 (a Gaussian scale there)."""
+    (C, 2) straggling ``st``: ``e = f expm1(s Z - s^2/2) / sqrt(expm1(s^2))``, the shifted
+    log-normal of that skewness (:func:`~lartpc_bayes.likelihood.readout_prob.lognormal_shape`),
+    as the likelihood's node values."""
     f = jnp.asarray(st[..., 0], dtype)
-    g = jnp.maximum(jnp.asarray(st[..., 1], dtype) / jnp.maximum(f, 1e-6) ** 3, 1e-3)
-    w = jnp.cbrt(1.0 + 0.5 * g * g + g * jnp.sqrt(1.0 + 0.25 * g * g))
-    om = w + 1.0 / w - 1.0  # exp(s^2)
-    s = jnp.sqrt(jnp.log(om))
-    sd_y = jnp.sqrt(om - 1.0)  # sd of exp(s Z - s^2 / 2)
+    g = jnp.asarray(st[..., 1], dtype) / jnp.maximum(f, 1e-6) ** 3
+    s, r = lognormal_shape(g)
     z = jax.random.normal(key, f.shape, dtype)
-    y = jnp.exp(s * z - 0.5 * s * s)  # mean 1
-    return 1.0 + f * (y - 1.0) / sd_y
+    return 1.0 + f * jnp.expm1(s * z - 0.5 * s * s) / r
 
 
 @partial(jax.jit, static_argnames=("el", "sample_shape"))

@@ -31,9 +31,11 @@ cumulative charge ``Q[u]``
   ``(1 + e) Q`` with e of mean 0, sd f and third cumulant k, shared by all its ticks, so the
   comparator sees ``rho + (1 + e) q(u)`` (q = Q[u] - Q[r], the charge in the integrator). At each
   tick the offset ``v(u) = rho + e q(u)`` has sd ``sigma_v(q) = sqrt(sigma_reset^2 + f^2 q^2)``
-  and skewness ``g = k q^3 / sigma_v^3``; the K nodes are placed on it tick by tick with the
-  Cornish-Fisher quantile map ``v_k(u) = sigma_v (x_k + g (x_k^2 - 1) / 6)``: exact in the first
-  three cumulants of every tick's marginal, while the ticks' offsets move together (their true
+  and skewness ``g = k q^3 / sigma_v^3``; the K nodes are placed on it tick by tick through the
+  quantile map of the shifted log-normal with those three cumulants,
+  ``v_k(u) = sigma_v expm1(s x_k - s^2/2) / sqrt(expm1(s^2))`` (s from g; monotone for any g, the
+  Gaussian as g -> 0): exact in the first three cumulants of every tick's marginal, while the
+  ticks' offsets move together (their true
   correlation is 1 where the charge is flat, ~1 over the few ticks of a threshold crossing, which
   is what sets the trigger time). The skew matters: a pixel fed by one or two 0.4 cm segments
   keeps much of their Landau skew (skewness 2.5, median 8 % below the mean), so its typical
@@ -244,23 +246,36 @@ def log_adc_prob(adc, mu, el: Electronics, mark: str = "gaussian", extra_var=Non
     return jnp.where(sat, log_ndtr((mu - lo) / s), gauss)
 
 
-#: largest skewness of a node's offset taken into the Cornish-Fisher nodes: x + g (x^2 - 1) / 6 is
-#: monotone over the 8 default nodes (|x| <= 4.1) only for g < 0.73
-SKEW_MAX = 0.7
+#: skewness below which the offset's shifted log-normal is taken at this value (a Gaussian to
+#: float32 precision; keeps the shape parameter away from 0/0)
+SKEW_MIN = 1e-3
+
+
+def lognormal_shape(g):
+    """Shape of the standardised shifted log-normal of skewness g (>= SKEW_MIN):
+    ``(s, r)`` with ``Y = expm1(s Z - s^2/2) / r`` of mean 0, sd 1 and skewness g, Z standard
+    normal, ``r = sqrt(exp(s^2) - 1)``. From ``g = (w + 2) sqrt(w - 1)``, ``w = exp(s^2)``:
+    ``c^3 = 1 + g^2/2 + g sqrt(1 + g^2/4)``, ``w - 1 = (c - 1)^2 / c`` (written without the
+    cancellations of ``c + 1/c - 2`` at small g)."""
+    g = jnp.maximum(g, SKEW_MIN)
+    c1 = jnp.expm1(jnp.log1p(0.5 * g * g + g * jnp.sqrt(1.0 + 0.25 * g * g)) / 3.0)  # c - 1
+    wm1 = c1 * c1 / (1.0 + c1)
+    return jnp.sqrt(jnp.log1p(wm1)), jnp.sqrt(wm1)
 
 
 def straggling_nodes(x: jax.Array, el: Electronics, straggling, q):
     """Node values of the comparator offset ``rho + e q`` for the charge q in the integrator
-    (module docstring): ``v = sigma_v (x + g (x^2 - 1) / 6)``, ``sigma_v^2 = sigma_reset^2 +
-    (f q)^2``, skewness ``g = k q^3 / sigma_v^3`` (clipped to [0, SKEW_MAX]), with
-    ``straggling = (f, k)`` the channel's relative sd and relative third cumulant; x (standard
-    nodes) broadcasts with q. ``straggling`` None: the reset noise alone."""
+    (module docstring): the quantile map of the shifted log-normal with the offset's mean 0, sd
+    ``sigma_v = sqrt(sigma_reset^2 + (f q)^2)`` and skewness ``g = k q^3 / sigma_v^3``
+    (:func:`lognormal_shape`), at the Gaussian nodes x; ``straggling = (f, k)`` the channel's
+    relative sd and relative third cumulant; x broadcasts with q. ``straggling`` None: the reset
+    noise alone."""
     if straggling is None:
         return x * el.reset_noise_e
     f, k = straggling[..., 0], straggling[..., 1]
     sv = jnp.sqrt(el.reset_noise_e**2 + (f * q) ** 2)
-    g = jnp.clip(k * (q / sv) ** 3, 0.0, SKEW_MAX)
-    return sv * (x + g * (x * x - 1.0) / 6.0)
+    s, r = lognormal_shape(k * (q / sv) ** 3)
+    return sv * jnp.expm1(s * x - 0.5 * s * s) / r
 
 
 def held_charge_moments(v, q, el: Electronics, straggling, q_t):
