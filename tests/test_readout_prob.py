@@ -241,6 +241,30 @@ def test_mark_sums_to_intensity(mark_model):
     np.testing.assert_allclose(p.sum(-1), lam, atol=2e-6)
 
 
+def slot_marks(tick, adc, valid, lam_c, p_c, codes, c):
+    """Per slot of channel c (runs of ticks with lambda > 2e-3 and >= 200 MC hits): (first, last
+    tick, n, model mean and sd of the code, pulls of the MC mean and sd). SE(mean) = sd/sqrt(n);
+    SE(sd) = sqrt(mu4 - sd^4)/(2 sd sqrt(n)) from the model's fourth central moment (the code
+    distribution is not Gaussian at threshold)."""
+    on = lam_c > 2e-3
+    edges = np.flatnonzero(np.diff(np.r_[0, on.astype(int), 0]))
+    out = []
+    for a, b in zip(edges[::2], edges[1::2], strict=True):
+        sel = valid[:, c] & (tick[:, c] >= a) & (tick[:, c] < b)
+        x = adc[:, c][sel].astype(np.float64)
+        if x.size < 200:
+            continue
+        w = p_c[a:b].sum(0)
+        w = w / w.sum()
+        m = (w * codes).sum()
+        sd = np.sqrt((w * (codes - m) ** 2).sum())
+        mu4 = (w * (codes - m) ** 4).sum()
+        pm = (x.mean() - m) / (sd / np.sqrt(x.size))
+        ps = (x.std(ddof=1) - sd) / (np.sqrt(max(mu4 - sd**4, 1e-12)) / (2 * sd * np.sqrt(x.size)))
+        out.append((a, b - 1, x, m, sd, pm, ps))
+    return out
+
+
 def test_held_charge_per_slot(mc, mark_model):
     """Mean and sd of the ADC code of the hits in each slot, MC against the model's marks.
 
@@ -256,22 +280,9 @@ def test_held_charge_per_slot(mc, mark_model):
     pulls = []
     print("\nheld charge per slot (ke): model mean/sd, MC mean/sd, n, pulls")
     for c, name in enumerate(NAMES):
-        on = lam[c] > 2e-3
-        edges = np.flatnonzero(np.diff(np.r_[0, on.astype(int), 0]))
-        for k, (a, b) in enumerate(zip(edges[::2], edges[1::2], strict=True)):
-            sel = valid[:, c] & (tick[:, c] >= a) & (tick[:, c] < b)
-            x = adc[:, c][sel].astype(np.float64)
-            if x.size < 200:
-                continue
-            w = p[c, a:b].sum(0)
-            w = w / w.sum()
-            m = (w * codes).sum()
-            sd = np.sqrt((w * (codes - m) ** 2).sum())
-            mu4 = (w * (codes - m) ** 4).sum()
-            se_m = sd / np.sqrt(x.size)
-            se_sd = np.sqrt(max(mu4 - sd**4, 1e-12)) / (2 * sd * np.sqrt(x.size))
-            pm = (x.mean() - m) / se_m
-            ps = (x.std(ddof=1) - sd) / se_sd
+        for k, (a, last, x, m, sd, pm, ps) in enumerate(slot_marks(tick, adc, valid, lam[c], p[c],
+                                                                    codes, c)):
+            b = last + 1
             pulls += [pm, ps]
             q_m, q_x = (float(adc_to_charge(v, EL)) / 1e3 for v in (m, x.mean()))
             print(f"  {name:6s} slot {k} ticks {a:2d}-{b - 1:2d}: {q_m:7.3f} {sd * step / 1e3:5.3f}"
@@ -536,21 +547,8 @@ def test_straggling_trigger_and_marks_match_mc(straggle):
             assert abs(model[c] / n[:, c].mean() - 1) < 0.02, (name, model[c])
     assert min(abs(pull_plain[names.index(k)]) for k in ("below", "at")) > 10
     for c, name in enumerate(names):
-        on = lam[c] > 2e-3
-        edges = np.flatnonzero(np.diff(np.r_[0, on.astype(int), 0]))
-        for a, b in zip(edges[::2], edges[1::2], strict=True):
-            sel = valid[:, c] & (tick[:, c] >= a) & (tick[:, c] < b)
-            x = adc[:, c][sel].astype(np.float64)
-            if x.size < 200:
-                continue
-            w = p[c, a:b].sum(0)
-            w = w / w.sum()
-            m = (w * codes).sum()
-            sd = np.sqrt((w * (codes - m) ** 2).sum())
-            mu4 = (w * (codes - m) ** 4).sum()
-            pm = (x.mean() - m) / (sd / np.sqrt(x.size))
-            ps = (x.std(ddof=1) - sd) / (np.sqrt(max(mu4 - sd**4, 1e-12))
-                                         / (2 * sd * np.sqrt(x.size)))
+        for a, last, x, m, _sd, pm, ps in slot_marks(tick, adc, valid, lam[c], p[c], codes, c):
+            b = last + 1
             q_m, q_x = (float(adc_to_charge(v, EL)) for v in (m, x.mean()))
             print(f"  {name:6s} ticks {a:2d}-{b - 1:2d}: held {q_m / 1e3:7.3f} vs "
                   f"{q_x / 1e3:7.3f} ke, pulls mean {pm:+.1f} sd {ps:+.1f}")

@@ -132,12 +132,15 @@ def sbc_figures(df: pd.DataFrame, name: str, figdir: Path) -> list[Path]:
 
 def closure_summary(df: pd.DataFrame, params=("A_B", "k_B", "E", "tau", "D_L", "D_T")
                     ) -> pd.DataFrame:
-    """Per parameter: replicas, mean bias (posterior mean - target), the same in % of the target,
-    pull mean and sd, max |pull|, posterior sd in % of the target, 90 % coverage."""
-    ok = df[df["ok"] & df["param"].isin(params)]
+    """Per parameter (and every latent dE/dx pooled): replicas (rows), mean bias (posterior mean -
+    target), the same in % of the target, pull mean and sd, max |pull|, posterior sd in % of the
+    target, 90 % coverage."""
+    ok = df[df["ok"]]
+    groups = {p: ok[ok["param"] == p] for p in params}
+    # every latent dE/dx of every replica pooled (issue 12: their pulls, mean and sd)
+    groups["dEdx (all latents)"] = ok[ok["param"].astype(str).str.startswith("dEdx[")]
     rows = {}
-    for p in params:
-        g = ok[ok["param"] == p]
+    for p, g in groups.items():
         if not len(g):
             continue
         rows[p] = {
@@ -327,15 +330,20 @@ def make_report(root: str | Path = "docs/validation",
         if not len(df):
             continue
         nrep = df["replica"].nunique()
+        ver = json.loads((d / "config.json").read_text()).get("versions", {})
+        dirty = ver.get("git_dirty_package_files", "")
+        stamp = (f"commit {str(ver.get('git_commit', '?'))[:10]}"
+                 + (f" + uncommitted {dirty}" if dirty else "")
+                 + f", jax {ver.get('jax', '?')}, numpyro {ver.get('numpyro', '?')}")
         if cfg.kind == "sbc":
             summ = sbc_summary(df)
             how = cfg.method + (" + importance sampling"
                                 if cfg.importance and cfg.method == "laplace" else "")
             parts.append(sbc_table(summ, f"{name}: {nrep} replicas of {cfg.n_replicas} planned "
-                                         f"({cfg.likelihood}, {how})"))
+                                         f"({cfg.likelihood}, {how}; {stamp})"))
             sbc_figures(df, name, figdir)
         else:
-            parts.append(f"**{name}: {nrep} targets of {cfg.n_replicas} planned**\n\n"
+            parts.append(f"**{name}: {nrep} targets of {cfg.n_replicas} planned ({stamp})**\n\n"
                          + closure_table(closure_summary(df)))
             closure_figure(df, figdir, name)
         t = df.drop_duplicates("replica")
