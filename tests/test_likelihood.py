@@ -53,7 +53,7 @@ KINDS = ("ppp", "sequential")
 #: the gradient check also runs both kinds with the straggling below the latent (issue 12): a
 #: relative charge sd of 0.12 and a skewness of 1.5 on every channel
 STRAGGLE = (0.12, 1.5 * 0.12**3)
-FD_KINDS = (*KINDS, "ppp+straggling", "sequential+straggling")
+FD_KINDS = (*KINDS, "ppp+mark", "sequential+mark", "ppp+trigger", "sequential+trigger")
 LOG_EPS = LikelihoodConfig().log_eps
 
 
@@ -97,7 +97,7 @@ class F64:
         for kind in FD_KINDS:
             base, _, extra = kind.partition("+")
             rel = (jnp.tile(jnp.asarray([STRAGGLE], jnp.float64), (self.C, 1)),) if extra else None
-            ll = self._make(LikelihoodConfig(kind=base), rel)
+            ll = self._make(LikelihoodConfig(kind=base, straggling=extra or "mark"), rel)
             self.value[kind] = jax.jit(ll)
             self.grad[kind] = jax.jit(jax.value_and_grad(ll, argnums=(1, 2), has_aux=True))
 

@@ -56,7 +56,10 @@ class LikelihoodConfig:
     per bucket, the static size of the compacted hit list of the PPP (empty: every slot of the
     table; hits beyond it
     are counted at the floor, see :func:`hit_list_sizes`); max_lag: lag band of the later reset rows
-    (0 = exact, see :func:`lartpc_bayes.likelihood.readout_prob.readout_tensors`)."""
+    (0 = exact, see :func:`lartpc_bayes.likelihood.readout_prob.readout_tensors`); straggling: how
+    the charge straggling below the latent enters when the problem has it: "mark" (default, the
+    charge mark's variance only) or "trigger" (also the trigger times, with its skew; module
+    docstring of readout_prob and docs/inference.md for why it is not the default yet)."""
 
     kind: str = "ppp"
     eps: float = 1e-8
@@ -65,6 +68,7 @@ class LikelihoodConfig:
     mark: str = "gaussian"
     max_hits: tuple[int, ...] = ()
     max_lag: int = 32
+    straggling: str = "mark"
 
     def __post_init__(self):
         if self.kind not in ("ppp", "sequential"):
@@ -73,6 +77,9 @@ class LikelihoodConfig:
             raise ValueError(f"likelihood floor must be 'hard' or 'smooth', got {self.floor!r}")
         if self.mark not in ("gaussian", "exact"):
             raise ValueError(f"likelihood mark must be 'gaussian' or 'exact', got {self.mark!r}")
+        if self.straggling not in ("mark", "trigger"):
+            raise ValueError("likelihood straggling must be 'mark' or 'trigger', got "
+                             f"{self.straggling!r}")
         if not 0 < self.eps < 1:
             raise ValueError(f"likelihood eps must be in (0, 1), got {self.eps}")
 
@@ -187,7 +194,9 @@ def log_likelihood(
     for i, ((Q, origin), b, tb) in enumerate(zip(charges, buckets, _split(table, buckets),
                                                   strict=True)):
         f = None if charge_straggling is None else charge_straggling[i]
-        rt = readout_tensors(Q, el, config.n_nodes, config.max_lag, straggling=f)
+        trig = config.straggling == "trigger"
+        rt = readout_tensors(Q, el, config.n_nodes, config.max_lag,
+                             straggling=f if trig else None)
         mask = b.chan_mask
         tick = tb[..., 0]
         adc = tb[..., 1]
@@ -205,11 +214,12 @@ def log_likelihood(
             total = total - (rt.expected_hits * mask).sum()
         else:
             seq = sequential_log_prob(Q, rt, t_rel, jnp.maximum(adc, 0), valid, el, log_eps,
-                                      config.n_nodes, config.mark, straggling=f)
+                                      config.n_nodes, config.mark, straggling=f, trigger=trig)
             total = total + (seq * mask).sum()
     if rows:
         li = hit_rows_intensity(jax.tree.map(lambda *a: jnp.concatenate(a), *rows),
-                                jnp.concatenate(adcs), el, config.n_nodes, config.mark)
+                                jnp.concatenate(adcs), el, config.n_nodes, config.mark,
+                                trigger=config.straggling == "trigger")
         term = (jnp.maximum(li, log_eps) if config.floor == "hard"
                 else jnp.logaddexp(li, log_eps))
         total = total + jnp.where(jnp.concatenate(oks), term, 0.0).sum()

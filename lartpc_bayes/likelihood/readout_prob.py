@@ -278,14 +278,17 @@ def straggling_nodes(x: jax.Array, el: Electronics, straggling, q):
     return sv * jnp.expm1(s * x - 0.5 * s * s) / r
 
 
-def held_charge_moments(v, q, el: Electronics, straggling, q_t):
+def held_charge_moments(v, q, el: Electronics, straggling, q_t, trigger: bool = True):
     """Mean and extra variance (electrons, e^2) of the held charge ``rho + (1 + e) q`` given the
     node v at the trigger tick (charge ``q_t``): ``v + q`` and None without straggling; with it
     ``v + q + beta v (q - q_t)`` and ``gamma^2 (q - q_t)^2`` (module docstring; the Gaussian
-    regression of e on the offset, with the node's skewed value)."""
+    regression of e on the offset, with the node's skewed value). ``trigger`` False (the scale in
+    the mark only, v the reset-noise node): ``v + q`` and ``(f q)^2``."""
     if straggling is None:
         return v + q, None
     f = straggling[..., 0]
+    if not trigger:
+        return v + q, (f * q) ** 2
     sr2 = el.reset_noise_e**2
     f2 = f * f
     sv2 = sr2 + f2 * q_t * q_t
@@ -350,14 +353,15 @@ def hit_rows(Q: jax.Array, rt: ReadoutTensors, chan: jax.Array, t: jax.Array, el
 
 
 def hit_rows_intensity(rows: HitRows, adc: jax.Array, el: Electronics, n_nodes: int = N_NODES,
-                       mark: str = "gaussian") -> jax.Array:
+                       mark: str = "gaussian", trigger: bool = True) -> jax.Array:
     """PPP log intensity ``log(lambda(t) P(code | t))`` of hits from their :class:`HitRows`.
 
     One logsumexp over row 0 and the candidate rows of [log P(trigger at t, node k) +
     log P(code | held charge mu_k)], ``mu = rho_k + Q[t + H] - Q[reset]``. Past the window end
     (``W <= t < W + EDGE_TICKS``) the charge is constant, Q[W-1], and the trigger weight is each
     row's survival to the end times ``(1 - h)^(t - W) h`` with h the plateau's trigger
-    probability; farther out (and before ``-EDGE_TICKS``): LOG_ZERO, the floor."""
+    probability; farther out (and before ``-EDGE_TICKS``): LOG_ZERO, the floor. ``trigger``
+    False: the rows' straggling widens the mark only (the readout tensors were made without it)."""
     x = jnp.asarray(hermite_nodes(n_nodes)[0], rows.q_end.dtype)
     sig_e = max(float(np.hypot(el.uncorrelated_noise_e, el.discriminator_noise_e)), 1.0)
     thr = el.threshold_e
@@ -366,22 +370,23 @@ def hit_rows_intensity(rows: HitRows, adc: jax.Array, el: Electronics, n_nodes: 
     def one(r: HitRows, a):
         W = r.window
         f = r.straggling
+        fn = f if trigger else None  # the straggling in the node values (trigger) or not
         inside = (r.tt >= -EDGE_TICKS) & (r.tt < W)
         past = (r.tt >= W) & (r.tt < W + EDGE_TICKS)
         n_after = jnp.clip(r.tt - W, 0, EDGE_TICKS)
         q_held = jnp.where(past, r.q_end, r.q_held)
         q_t = jnp.where(past, r.q_end, r.q_trig)  # charge at the trigger tick
-        v = straggling_nodes(x, el, f, q_t)  # (K,) offset nodes at the trigger tick
+        v = straggling_nodes(x, el, fn, q_t)  # (K,) offset nodes at the trigger tick
         ls0, lf0 = log_stay_fire((v + r.q_end - thr) / sig_e)
         w0 = jnp.where(past, r.log_S0 + n_after * ls0 + lf0, r.log_g0)  # (K,)
-        mu, var = held_charge_moments(v, q_held, el, f, q_t)
+        mu, var = held_charge_moments(v, q_held, el, f, q_t, trigger)
         out = logsumexp(w0 + log_adc_prob(a, mu, el, mark, var))
         if later:
             qr = r.q_reset[None, :]
-            v = straggling_nodes(x[:, None], el, f, q_t - qr)  # (K, R) (or (K, 1))
+            v = straggling_nodes(x[:, None], el, fn, q_t - qr)  # (K, R) (or (K, 1))
             ls, lf = log_stay_fire((v + r.q_end - qr - thr) / sig_e)
             wl = jnp.where(past, r.log_Sl + n_after * ls + lf, r.log_gl)  # (K, R)
-            mu, var = held_charge_moments(v, q_held - qr, el, f, q_t - qr)
+            mu, var = held_charge_moments(v, q_held - qr, el, f, q_t - qr, trigger)
             terms = wl + r.log_A[None, :] + log_adc_prob(a, mu, el, mark, var)
             out = jnp.logaddexp(out, logsumexp(terms))
         return jnp.where(inside | past, out, LOG_ZERO)
@@ -392,12 +397,14 @@ def hit_rows_intensity(rows: HitRows, adc: jax.Array, el: Electronics, n_nodes: 
 def hit_log_intensity(
     Q: jax.Array, rt: ReadoutTensors, chan: jax.Array, t: jax.Array, adc: jax.Array,
     el: Electronics, n_nodes: int = N_NODES, mark: str = "gaussian", straggling=None,
+    trigger: bool = True,
 ) -> jax.Array:
     """PPP log intensity of hits of one bucket: ``log(lambda(t) P(code | t))``, mixed over rows
     and rho (:func:`hit_rows` then :func:`hit_rows_intensity`).
 
     chan, t, adc : (N,) channel index in the bucket, tick index in its window, ADC code.
-    straggling : optional (C, 2) charge straggling (f, k) per channel of the bucket.
+    straggling : optional (C, 2) charge straggling (f, k) per channel of the bucket; ``trigger``:
+    whether ``rt`` was made with it (False: it widens the mark only).
 
     **Window edges.** The window origin moves in whole ticks with the parameters, so a hit near
     an edge can leave the window when a parameter changes. Within ``EDGE_TICKS`` of the edges the
@@ -407,13 +414,13 @@ def hit_log_intensity(
     Farther out: LOG_ZERO (the floor).
     """
     return hit_rows_intensity(hit_rows(Q, rt, chan, t, el, straggling=straggling), adc, el,
-                              n_nodes, mark)
+                              n_nodes, mark, trigger)
 
 
 def sequential_log_prob(
     Q: jax.Array, rt: ReadoutTensors, t: jax.Array, adc: jax.Array, valid: jax.Array,
     el: Electronics, log_eps: float, n_nodes: int = N_NODES, mark: str = "gaussian",
-    straggling=None,
+    straggling=None, trigger: bool = True,
 ) -> jax.Array:
     """Exact sequential log-likelihood of each channel's observed hit sequence, (C,).
 
@@ -455,8 +462,8 @@ def sequential_log_prob(
             lg = jnp.where(first, rt.log_g0[c, :, tcl], lg_later)
             qr = jnp.where(first, 0.0, q_reset)
             q_t = Qc[tcl] - qr  # charge in the integrator at the trigger tick
-            mu, var = held_charge_moments(straggling_nodes(x, el, f, q_t), q_held - qr, el, f,
-                                          q_t)
+            v = straggling_nodes(x, el, f if trigger else None, q_t)
+            mu, var = held_charge_moments(v, q_held - qr, el, f, q_t, trigger)
             val = logsumexp(lg + log_adc_prob(ac_[m], mu, el, mark, var))
             ok = inside & (first | ok_later)
             return jnp.maximum(jnp.where(ok, val, LOG_ZERO), log_eps)
