@@ -199,8 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     if any(not x > 0 for x in args.lengths):
         ap.error(f"--lengths must be > 0, got {args.lengths}")
     doc = json.loads(args.out.read_text()) if args.out.exists() else {"runs": {}}
+    # the docs figure belongs to the default results file; another --out gets its own beside it
+    fig = FIGURE if args.out.resolve() == DEFAULT_OUT.resolve() else args.out.with_suffix(".png")
     if args.plot_only:
-        print(plot(doc))
+        print(plot(doc, fig))
         return 0
     status = 0
     for L in args.lengths:
@@ -218,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
             doc["schema"] = SCHEMA
             FM._write_atomic(args.out, doc)
-    plot(doc)
+    plot(doc, fig)
     return status
 
 
