@@ -231,8 +231,9 @@ class CalibrationProblem:
     stopping: StoppingTracks | None = None
     #: reconstructed-track geometry (drift from measured time, geometry latents); None: fixed
     geometry: ProblemGeometry | None = None
-    #: per bucket, (C,) relative sd of each channel's charge from the straggling of the segments
-    #: feeding it (forward/latent_prior.py); None: no fluctuations below the latent length
+    #: per bucket, (C, 2) relative sd and relative third cumulant of each channel's charge from the
+    #: straggling of the segments feeding it (forward/latent_prior.py); None: no fluctuations
+    #: below the latent length
     charge_straggling: tuple[np.ndarray, ...] | None = None
 
     @property
@@ -279,7 +280,7 @@ def build_problem(
     ``latent_prior="derived"`` gives every latent the split-t of the mean dE/dx over its own length
     (:func:`derived_latent_prior`); ``"published"`` the 0.4 cm-segment fit :data:`MIP_PRIOR`.
     ``charge_fluctuations`` adds the straggling below the latent length to the hit-charge mark
-    (:func:`charge_fluctuation_sd`). ``generator_config`` (forward.generator.GeneratorConfig,
+    (:func:`charge_straggling`). ``generator_config`` (forward.generator.GeneratorConfig,
     default: the generator's defaults) states the momentum model both are derived for.
     """
     fixed = dict(fixed or {})
@@ -309,7 +310,7 @@ def build_problem(
     if latent_prior == "derived" and n_lat:
         problem.prior = derived_latent_prior(card, segments, s2l, n_lat, generator_config)
     if charge_fluctuations:
-        problem.charge_straggling = charge_fluctuation_sd(problem, segments, generator_config)
+        problem.charge_straggling = charge_straggling(problem, segments, generator_config)
     return problem
 
 
@@ -331,7 +332,7 @@ def derived_latent_prior(card: DetectorCard, segments: Segments, seg_to_latent: 
     return {k: np.asarray(v, np.float64) for k, v in pr.items()}
 
 
-def charge_fluctuation_sd(problem: CalibrationProblem, segments: Segments,
+def charge_straggling(problem: CalibrationProblem, segments: Segments,
                           generator_config=None) -> tuple[np.ndarray, ...]:
     """Per bucket, (C, 2): the relative sd and relative third cumulant of every channel's charge
     from the straggling of the segments feeding it, around the latent mean

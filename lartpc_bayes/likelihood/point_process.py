@@ -179,9 +179,9 @@ def log_likelihood(
     """log-likelihood of a hit table given the expected charges ``(Q, origin)`` per bucket.
 
     ``charge_straggling``: optional per-bucket (C, 2) relative sd and third cumulant of the
-    channels' charge (straggling
-    below the latent length, model.charge_fluctuation_sd): a per-channel charge scale whose
-    trigger-time jitter and mark width the readout model carries (readout_prob module docstring).
+    channels' charge (straggling below the latent length, model.charge_straggling): a per-channel
+    charge scale that widens the mark, and with ``config.straggling == "trigger"`` also moves the
+    trigger times (readout_prob module docstring).
 
     Jitted (inlined when traced inside a larger jit), so that NumPyro's eager model runs during
     initialisation call one compiled kernel instead of dispatching op by op."""
@@ -191,10 +191,10 @@ def log_likelihood(
     # and evaluated in one vmap (one copy of the hit term per program, not one per bucket)
     n_rows = max((_lag_band(b.window, el, config.max_lag) for b in buckets), default=0)
     rows, adcs, oks = [], [], []
+    trig = config.straggling == "trigger"
     for i, ((Q, origin), b, tb) in enumerate(zip(charges, buckets, _split(table, buckets),
                                                   strict=True)):
         f = None if charge_straggling is None else charge_straggling[i]
-        trig = config.straggling == "trigger"
         rt = readout_tensors(Q, el, config.n_nodes, config.max_lag,
                              straggling=f if trig else None)
         mask = b.chan_mask
@@ -219,7 +219,7 @@ def log_likelihood(
     if rows:
         li = hit_rows_intensity(jax.tree.map(lambda *a: jnp.concatenate(a), *rows),
                                 jnp.concatenate(adcs), el, config.n_nodes, config.mark,
-                                trigger=config.straggling == "trigger")
+                                trigger=trig)
         term = (jnp.maximum(li, log_eps) if config.floor == "hard"
                 else jnp.logaddexp(li, log_eps))
         total = total + jnp.where(jnp.concatenate(oks), term, 0.0).sum()
@@ -234,9 +234,9 @@ class LArPixReadout(Distribution):
     posterior-predictive checks need no extra plumbing. The event shape is (channels, M, 2) int32.
 
     ``charge_straggling`` (optional, per bucket (C, 2)): relative sd f and relative third cumulant
-    k of each channel's charge from the
-    straggling below the latent length; ``log_prob`` carries it in the trigger times and the
-    charge mark (:mod:`lartpc_bayes.likelihood.readout_prob`) and ``sample`` scales each
+    k of each channel's charge from the straggling below the latent length; ``log_prob`` carries
+    it in the charge mark, and with ``config.straggling == "trigger"`` in the trigger times
+    (:mod:`lartpc_bayes.likelihood.readout_prob`), and ``sample`` scales each
     channel's charge by a shifted log-normal factor of mean 1, sd f and skewness k / f^3
     (:func:`straggling_scale`; right-skewed as the Landau it stands for).
     """

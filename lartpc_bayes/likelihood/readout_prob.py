@@ -27,21 +27,21 @@ cumulative charge ``Q[u]``
   saturated code is the censored tail ``q_hi = inf``), mixed over the nodes, which the trigger
   itself reweights (it conditions rho), and over the rows.
 * **Straggling below the latent** (optional ``straggling = (f, k)`` per channel, issue 12: the
-  relative sd and relative third cumulant of the channel's charge). The channel's charge is
-  ``(1 + e) Q`` with e of mean 0, sd f and third cumulant k, shared by all its ticks, so the
-  comparator sees ``rho + (1 + e) q(u)`` (q = Q[u] - Q[r], the charge in the integrator). At each
-  tick the offset ``v(u) = rho + e q(u)`` has sd ``sigma_v(q) = sqrt(sigma_reset^2 + f^2 q^2)``
-  and skewness ``g = k q^3 / sigma_v^3``; the K nodes are placed on it tick by tick through the
-  quantile map of the shifted log-normal with those three cumulants,
-  ``v_k(u) = sigma_v expm1(s x_k - s^2/2) / sqrt(expm1(s^2))`` (s from g; monotone for any g, the
-  Gaussian as g -> 0): exact in the first three cumulants of every tick's marginal, while the
-  ticks' offsets move together (their true
-  correlation is 1 where the charge is flat, ~1 over the few ticks of a threshold crossing, which
-  is what sets the trigger time). The skew matters: a pixel fed by one or two 0.4 cm segments
-  keeps much of their Landau skew (skewness 2.5, median 8 % below the mean), so its typical
-  charge, and trigger time, is not the mean's. Given the node at the trigger tick (charge
-  ``q_t``), the held charge ``rho + (1 + e) q`` is Gaussian with mean
-  ``v + q + beta v (q - q_t)`` and extra variance ``gamma^2 (q - q_t)^2``,
+  relative sd and relative third cumulant of the channel's charge; ``trigger=False`` in the hit
+  terms, with tensors made without it, keeps it in the mark only: variance ``(f q)^2``, the
+  likelihood's default). The channel's charge is ``(1 + e) Q`` with e of mean 0, sd f and third
+  cumulant k, shared by all its ticks, so the comparator sees ``rho + (1 + e) q(u)`` (q = Q[u] -
+  Q[r], the charge in the integrator). At each tick the offset ``v(u) = rho + e q(u)`` has sd
+  ``sigma_v(q) = sqrt(sigma_reset^2 + f^2 q^2)`` and skewness ``g = k q^3 / sigma_v^3``; the K
+  nodes are placed on it tick by tick through the quantile map of the shifted log-normal with
+  those three cumulants, ``v_k(u) = sigma_v expm1(s x_k - s^2/2) / sqrt(expm1(s^2))`` (s from g;
+  monotone for any g, the Gaussian as g -> 0): exact in the first three cumulants of every tick's
+  marginal, while the ticks' offsets move together (their true correlation is 1 where the charge
+  is flat, ~1 over the few ticks of a threshold crossing, which is what sets the trigger time).
+  The skew matters: a pixel fed by one or two 0.4 cm segments keeps much of their Landau skew
+  (skewness 2.5, median 8 % below the mean), so its typical charge, and trigger time, is not the
+  mean's. Given the node at the trigger tick (charge ``q_t``), the held charge ``rho + (1 + e) q``
+  is Gaussian with mean ``v + q + beta v (q - q_t)`` and extra variance ``gamma^2 (q - q_t)^2``,
   ``beta = f^2 q_t / sigma_v^2``, ``gamma^2 = f^2 sigma_reset^2 / sigma_v^2`` (the Gaussian
   conditional of e given v); marginally its variance is ``sigma_reset^2 + f^2 q^2``. f = 0 is the
   plain model. What it leaves out: e is drawn afresh for every reset row, so the correlation
