@@ -56,16 +56,19 @@ SHARDED = DATA + textwrap.dedent("""
          for k, v in z.items()}
     U_np = float(potential_energy(calibration_model, (pb,), {"hits": tb}, z))
     out = {"n_devices": len(jax.devices()), "U_numpyro": U_np}
-    for name, devs in (("one", jax.devices()[:1]), ("two", jax.devices())):
-        b = build_event_batch(card, seg, hits, latent_length_cm=1.5, bucket_events=2,
-                              devices=devs)
+    # "whole": one group on one device (the combined problem's layout); "one" / "two": the same
+    # two groups of events on one device and sharded over two
+    for name, devs, ng in (("whole", jax.devices()[:1], 1), ("one", jax.devices()[:1], 2),
+                           ("two", jax.devices(), 2)):
+        b = build_event_batch(card, seg, hits, latent_length_cm=1.5, devices=devs, n_groups=ng)
         x = b.place(jnp.asarray(b.pack(z), jnp.float32))
         v, g = jax.jit(jax.value_and_grad(b.potential))(x)
         th, locs = b.split(g)
         out[name] = {"U": float(v), "g_theta": np.asarray(th).tolist(),
                      "g_z": b.unpack(np.asarray(jnp.concatenate([jnp.zeros(b.k), g[b.k:]]))[None]
                                      )["z_dEdx"][0].tolist(),
-                     "sharding": str(b.buckets[0].table.sharding)}
+                     "sharding": str(b.buckets[0].table.sharding),
+                     "groups": [list(e) for e in b.buckets[0].group_events]}
     print("RESULT" + json.dumps(out))
 """)
 
@@ -73,8 +76,10 @@ BLOCK = DATA + textwrap.dedent("""
     jax.config.update("jax_enable_x64", True)
     from lartpc_bayes.infer.events import build_event_batch
     from lartpc_bayes.infer.block_laplace import block_hessian, factorise
-    b = build_event_batch(card, seg, hits, latent_length_cm=1.5, bucket_events=2,
+    # two groups of the three events: one group holds two events (coloured Hessian products)
+    b = build_event_batch(card, seg, hits, latent_length_cm=1.5, n_groups=2,
                           dtype=jnp.float64)
+    assert [len(g) for g in b.buckets[0].group_events] in ([2, 1], [1, 2])
     rng = np.random.default_rng(1)
     x = jnp.asarray(b.pack({p: 0.0 for p in b.free}) + 0.05 * rng.standard_normal(b.dim))
     H = block_hessian(b, x)
@@ -113,14 +118,20 @@ def test_sharded_potential_equals_one_device_and_numpyro():
     out = _run(SHARDED, {"XLA_FLAGS": "--xla_force_host_platform_device_count=2",
                          "JAX_PLATFORMS": "cpu"})
     assert out["n_devices"] == 2
-    one, two = out["one"], out["two"]
+    whole, one, two = out["whole"], out["one"], out["two"]
     assert "events" in two["sharding"]
-    assert abs(one["U"] - out["U_numpyro"]) <= 1e-5 * abs(out["U_numpyro"])
+    assert len(whole["groups"]) == 1 and len(two["groups"]) == 2 and one["groups"] == two["groups"]
+    # one group is the combined problem: NumPyro's potential to float32 rounding
+    assert abs(whole["U"] - out["U_numpyro"]) <= 1e-5 * abs(out["U_numpyro"])
+    # the same groups sharded over two devices: the same value and gradient
     assert abs(two["U"] - one["U"]) <= 1e-5 * abs(one["U"])
     g1 = one["g_theta"] + one["g_z"]
     g2 = two["g_theta"] + two["g_z"]
     scale = max(abs(v) for v in g1)
     assert max(abs(a - b) for a, b in zip(g1, g2, strict=True)) <= 1e-4 * scale
+    # planned in two groups, each group's channels get their own window classes (a window
+    # class decides how many ticks of a channel are modelled): the same model up to that choice
+    assert abs(one["U"] - whole["U"]) <= 0.5
 
 
 @pytest.mark.slow

@@ -6,10 +6,13 @@ The Hessian of :math:`U = U_0(\theta) + \sum_e U_e(\theta, l_e)` is block-arrow:
           \end{pmatrix},\quad A = \nabla^2 U_0 + \sum_e \nabla^2_{\theta\theta} U_e,\
           B_e = \nabla_{l_e}\nabla_\theta U_e,\ D_e = \nabla^2_{l_e} U_e.
 
-Each event's blocks come from the Hessian of its own potential in (theta, l_e) -- k + n_l
-Hessian-vector products in a loop (:func:`~lartpc_bayes.infer.common.hessian_by_columns`),
-vmapped over the events of one shape bucket -- so the cost is linear in the number of
-events and the memory that of one bucket, never (total latents)^2. theta's marginal precision is
+The blocks come from k + n_c Hessian-vector products of the whole potential (:func:`block_hessian`):
+the k theta axes, and n_c "coloured" tangents, tangent c being 1 on the latent of rank c of every
+event at once (n_c = the largest event's latent count; graph colouring of a sparse Hessian, as in
+Curtis, Powell and Reid 1974): latents of different events share no term, so each product returns
+column c of every event's block together. The cost is (k + n_c) products of the run's potential
+-- linear in the number of events -- and the memory that of one product; the latent blocks are
+stored per group of events (:mod:`.events`), never (total latents)^2. theta's marginal precision is
 the Schur complement :math:`S = A - \sum_e B_e^T D_e^{-1} B_e`, its covariance :math:`S^{-1}`.
 A Newton step solves :math:`H\,\delta = g` blockwise:
 :math:`S\,\delta_\theta = g_\theta - \sum_e B_e^T D_e^{-1} g_e`,
@@ -39,7 +42,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .common import hessian_by_columns
 from .events import EventBatch
 
 __all__ = ["BlockHessian", "BlockLaplace", "block_hessian", "whitened_nuts"]
@@ -86,35 +88,64 @@ def _spd(M: np.ndarray, floor: float = 1e-6):
 
 
 def block_hessian(batch: EventBatch, x: jax.Array, fns: dict | None = None) -> BlockHessian:
-    """Per-event Hessian blocks of ``batch.potential`` at ``x`` (float64 on the host)."""
+    """Per-group Hessian blocks of ``batch.potential`` at ``x`` (float64 on the host).
+
+    Per bucket, k + n_colours Hessian-vector products of the bucket's whole potential: the k
+    theta directions give A's share and every group's B; direction c (1 on the latent of rank c of
+    every event at once) gives, on each latent i, ``H[i, j]`` for the one latent j of colour c in
+    i's event -- latents of different events share no term, so D's event blocks come out exact
+    and its other entries are zero; padding latents have ``H = 1`` (their ``z^2/2``)."""
     fns = fns if fns is not None else _block_fns(batch)
     th, locs = batch.split(jnp.asarray(x))
     A = np.asarray(fns["prior"](th), np.float64)
     Bs, Ds = [], []
     k = batch.k
     for b, bk in enumerate(batch.buckets):
-        H = np.asarray(fns["bucket"][b](th, locs[b], bk.data, bk.table), np.float64)
-        A = A + H[:, :k, :k].sum(0)
-        Bs.append(H[:, k:, :k])
-        Ds.append(H[:, k:, k:])
+        ht, hl = fns["bucket"][b](th, locs[b], bk.data, bk.table, fns["tangents"][b])
+        ht, hl = np.asarray(ht, np.float64), np.asarray(hl, np.float64)  # (m, k), (m, G, n_l)
+        A = A + ht[:k]
+        Bs.append(np.moveaxis(hl[:k], 0, -1))  # (G, n_l, k)
+        ev, col = bk.local_event, bk.local_colour
+        real = col >= 0
+        G, n = col.shape
+        D = np.zeros((G, n, n))
+        if bk.n_colours:
+            cols = hl[k:][np.maximum(col, 0), np.arange(G)[:, None]]  # [g, j, i] = H[(g,i), c_j]
+            same = real[:, :, None] & real[:, None, :] & (ev[:, :, None] == ev[:, None, :])
+            D = np.where(same, np.swapaxes(cols, 1, 2), 0.0)  # D[g, i, j] = H[(g,i), (g,j)]
+            D = 0.5 * (D + np.swapaxes(D, 1, 2))
+        D[:, np.arange(n), np.arange(n)] += np.where(real, 0.0, 1.0)
+        Ds.append(D)
     return BlockHessian(0.5 * (A + A.T), Bs, Ds)
 
 
 def _block_fns(batch: EventBatch) -> dict:
+    """Compiled pieces of :func:`block_hessian`: the prior's Hessian and, per bucket, the
+    Hessian-vector products along the k theta axes and the n_colours coloured latent tangents
+    (one product at a time in a ``lax.map``: memory of one forward-over-reverse pass)."""
+    k = batch.k
+
     def per_bucket(b):
-        def hess(th, locs, data, table):
-            k = th.shape[0]
+        def hvps(th, locs, data, table, tangents):
+            U = lambda t, l: batch.bucket_potentials(b, t, l, data, table).sum()  # noqa: E731
+            g = jax.grad(U, argnums=(0, 1))
+            eye = jnp.eye(k, dtype=th.dtype)
+            v_th = jnp.concatenate([eye, jnp.zeros((tangents.shape[0], k), th.dtype)])
+            v_loc = jnp.concatenate([jnp.zeros((k, *locs.shape), th.dtype),
+                                     tangents.astype(th.dtype)])
+            return jax.lax.map(lambda v: jax.jvp(g, (th, locs), v)[1], (v_th, v_loc))
 
-            def one(loc, ev, tb):
-                f = lambda v: batch.event_potential(b, v[:k], v[k:], ev, tb)  # noqa: E731
-                return hessian_by_columns(f, jnp.concatenate([th, loc]))
+        return jax.jit(hvps)
 
-            return jax.vmap(one)(locs, data, table)
-
-        return jax.jit(hess)
-
+    tangents = []
+    for bk in batch.buckets:
+        col = bk.local_colour
+        t = np.stack([(col == c).astype(np.float64) for c in range(bk.n_colours)]) \
+            if bk.n_colours else np.zeros((0, *col.shape))
+        tangents.append(batch.place_rows(jnp.asarray(t, batch.dtype)))
     return {"prior": jax.jit(jax.hessian(batch.prior_potential)),
-            "bucket": [per_bucket(b) for b in range(len(batch.buckets))]}
+            "bucket": [per_bucket(b) for b in range(len(batch.buckets))],
+            "tangents": tangents}
 
 
 @dataclass

@@ -16,18 +16,28 @@ with its log-Jacobian, the same value as ``potential_energy`` of
 combined problem). ``L_e`` is the PPP likelihood of the event's own hit table
 (:func:`lartpc_bayes.likelihood.log_likelihood`).
 
-Shape buckets. Each event is planned on its own (:func:`lartpc_bayes.model.build_problem`), then
-events sorted by size are grouped into buckets of at most ``bucket_events``; in a bucket every
-event is padded to the bucket's shape (sub-points with zero length, pairs with an exactly zero pad
-fraction on a masked channel, empty window classes as all-masked buckets, latents with a mask), so
-one compiled function serves the bucket and ``vmap`` runs its events together. Padded latents carry
-a unit Gaussian term ``z^2/2`` (zero at the optimum, keeps each block positive definite and
-decoupled from theta: no effect on theta's marginal). Events added to make a bucket divisible by
-the device count have weight 0.
+Groups. Events are assigned to G groups of similar track length (longest first, each to the
+lightest group with room for its latents; G the fewest multiple of the device count with at most
+``MAX_GROUP_LATENTS`` local latents per group), and each group is planned as one problem
+(:func:`lartpc_bayes.model.build_problem` on its events' segments and hits: channels are
+(event, pixel), so the group's potential is the sum of its events' potentials, with the window
+classes chosen for the group's channels together). The groups are padded to one shape (sub-points
+with zero length, pairs with an exactly zero pad fraction on a masked channel, empty window classes
+as all-masked buckets, latents with a mask), so one compiled function serves them and ``vmap``
+runs them together. Padded latents carry a unit Gaussian term ``z^2/2`` (zero at the optimum,
+keeps each block positive definite and decoupled from theta: no effect on theta's marginal).
+Groups added to make G divisible by the device count have weight 0.
 
-Sharding. The event axis of every bucket is laid out over a 1-D ``jax.sharding.Mesh`` named
+Why groups and not one event per row (the layout of stop 20): events differ tenfold in size (a
+2 cm stopping proton beside a 25 cm muon) and each plans its own window classes, so padding every
+event to the largest one multiplied the work: on 106 cm (4 muons, 7 protons, 11 events in one
+bucket) one value and gradient cost 1.78 s and the per-event Hessian 6.6 GB, against 0.18 s and
+1.2 GB for the same hits planned as one problem (the padded pairs were 10x the real ones). A group
+is planned like that one problem; only the device count and the latent cap split the run.
+
+Sharding. The group axis of every bucket is laid out over a 1-D ``jax.sharding.Mesh`` named
 ``"events"`` (``NamedSharding(mesh, P("events"))``); theta is replicated. ``jit`` then evaluates
-each device's events locally and all-reduces the sum: the same code on one CPU, on
+each device's groups locally and all-reduces the sum: the same code on one CPU, on
 ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` and on many GPUs.
 
 Multi-host recipe (same code): start one process per host with
@@ -61,6 +71,8 @@ from ..model import (
     SplitStudentT,
     build_problem,
     latent_scale,
+    latent_segments,
+    stopping_tracks,
 )
 
 __all__ = ["EventBatch", "EventBucket", "build_event_batch", "event_mesh", "split_events"]
@@ -69,6 +81,10 @@ __all__ = ["EventBatch", "EventBucket", "build_event_batch", "event_mesh", "spli
 _PRIOR_KEYS = ("loc", "s_left", "s_right", "nu_left", "nu_right")
 #: pad edges of padding pairs, cm: an exactly zero pad fraction (as in forward/charge.py)
 _FAR_CM = 1e3
+#: local latents per group at most (build_event_batch): the latent blocks of the block Laplace
+#: are (G, n_l, n_l), i.e. memory n_l x (total latents) -- linear in the run, never its square;
+#: 256 keeps one 10 m run (~200 latents) one group and each block's eigendecomposition trivial
+MAX_GROUP_LATENTS = 256
 
 
 def event_mesh(devices: list | None = None) -> Mesh:
@@ -96,25 +112,38 @@ class EventData(NamedTuple):
 
 @dataclass
 class EventBucket:
-    """One shape bucket: events padded to one shape, their hit tables and latent layout."""
+    """Groups of events padded to one shape: their data, hit tables and latent layout.
+
+    A row is a group (several events planned as one problem, :func:`build_event_batch`); its
+    local vector is [z latents (L, padded), stopping shifts (T, padded)]."""
 
     data: EventData
-    table: jax.Array  # (E, C_total, M, 2) int32
+    table: jax.Array  # (G, C_total, M, 2) int32
     config: LikelihoodConfig  # static: per-window-class compacted hit-list sizes
-    events: np.ndarray  # (E,) event id, -1 for padding events
+    events: np.ndarray  # (G,) group number, -1 for padding groups (weight 0)
     n_latent: int  # L (padded)
     n_stop: int  # T (padded)
-    lat_index: np.ndarray  # (E, L) index into the combined z_dEdx vector, -1 for padding
-    stop_index: np.ndarray  # (E, T) index into the combined end_shift_cm vector, -1 padding
+    lat_index: np.ndarray  # (G, L) index into the combined z_dEdx vector, -1 for padding
+    stop_index: np.ndarray  # (G, T) index into the combined end_shift_cm vector, -1 padding
+    local_event: np.ndarray  # (G, L + T) event id of each local latent, -1 for padding
+    local_colour: np.ndarray  # (G, L + T) its rank within its event (Hessian colour), -1 pad
+    group_events: tuple[tuple[int, ...], ...] = ()  # event ids of each real group
 
     @property
     def n_events(self) -> int:
+        """Rows (groups, padding included)."""
         return int(self.events.size)
 
     @property
     def n_local(self) -> int:
-        """Local latents per event: L + T."""
+        """Local latents per group: L + T."""
         return self.n_latent + self.n_stop
+
+    @property
+    def n_colours(self) -> int:
+        """Hessian-vector products that give every group's latent block (largest event's local
+        count): latents of different events never share a term of the potential."""
+        return int(self.local_colour.max()) + 1 if self.local_colour.size else 0
 
 
 def split_events(segments: Segments, hits: Hits | None) -> list[tuple[int, Segments, Hits | None]]:
@@ -308,13 +337,18 @@ class EventBatch:
         w = ev.weight
         dEdx = (pr["loc"] + s * z)[ev.seg_latent]
         if bk.n_stop:
-            d = shift[jnp.maximum(ev.seg_stop, 0)]
+            # the residual-range dE/dx on stopping segments only; elsewhere (MIP segments of the
+            # group, padding) a regular stand-in (10-11 cm, no shift), so that the unselected
+            # branch of the where has finite derivatives of every order (no NaN through the where)
+            is_stop = ev.seg_stop >= 0
+            d = jnp.where(is_stop, shift[jnp.maximum(ev.seg_stop, 0)], 0.0)
+            r_near = jnp.where(is_stop, ev.r_near, 10.0)
+            r_far = jnp.where(is_stop, ev.r_far, 11.0)
             rho = self.card.physics.lar_density_g_cm3
             m = self.stop_mass_MeV
-            val = (kinetic_energy_from_residual_range(ev.r_far + d, m, rho)
-                   - kinetic_energy_from_residual_range(ev.r_near + d, m, rho)) / (
-                       ev.r_far - ev.r_near)
-            dEdx = jnp.where(ev.seg_stop >= 0, val, dEdx)
+            val = (kinetic_energy_from_residual_range(r_far + d, m, rho)
+                   - kinetic_energy_from_residual_range(r_near + d, m, rho)) / (r_far - r_near)
+            dEdx = jnp.where(is_stop, val, dEdx)
         dEdx = jnp.maximum(dEdx, 1e-3)
         th = self.theta_physical(theta_u)
         params = DetectorParams(*(th[p] for p in PARAM_NAMES))
@@ -361,6 +395,17 @@ class EventBatch:
             put = lambda a: jax.device_put(a, ev)  # noqa: E731
             new.append(replace(bk, data=jax.tree.map(put, bk.data), table=put(bk.table)))
         return replace(self, buckets=new, mesh=mesh)
+
+    @property
+    def dtype(self):
+        """Floating dtype of the batch's arrays (float32 or float64)."""
+        return self.buckets[0].data.weight.dtype
+
+    def place_rows(self, a: jax.Array) -> jax.Array:
+        """``a`` (m, G, ...) with its group axis (axis 1) over the mesh (no-op without one)."""
+        if self.mesh is None:
+            return a
+        return jax.device_put(a, NamedSharding(self.mesh, P(None, "events")))
 
     def place(self, x: jax.Array) -> jax.Array:
         """x replicated over the mesh (no-op without one)."""
@@ -414,6 +459,44 @@ class EventBatch:
         return out
 
 
+def _local_layout(pb: CalibrationProblem, segments: Segments) -> tuple[np.ndarray, np.ndarray]:
+    """Event id of each local latent of a (multi-event) problem, z latents then stopping shifts,
+    and its rank within its event (z first, then shifts): the colour of the block Hessian."""
+    ev_seg = np.asarray(segments.event_id, np.int64)
+    lat_ev = np.full(pb.n_latent, -1, np.int64)
+    s2l = pb.seg_to_latent
+    lat_ev[s2l[s2l >= 0]] = ev_seg[s2l >= 0]
+    st = pb.stopping
+    n_stop = st.n if st is not None else 0
+    stop_ev = np.full(n_stop, -1, np.int64)
+    if n_stop:
+        stop_ev[st.track[st.track >= 0]] = ev_seg[st.track >= 0]
+    events = np.concatenate([lat_ev, stop_ev])
+    colour = np.zeros(events.size, np.int64)
+    for e in np.unique(events):
+        idx = np.nonzero(events == e)[0]  # z latents of the event first, then its shifts
+        colour[idx] = np.arange(idx.size)
+    return events, colour
+
+
+def _assign_groups(cost: np.ndarray, n_local: np.ndarray, n_groups: int,
+                   max_local: int) -> list[list[int]]:
+    """Longest-processing-time assignment of events to ``n_groups`` groups: events by decreasing
+    ``cost`` each to the cheapest group that still has room for its ``n_local`` latents (the
+    cheapest group when none has); groups come out with similar cost, so padding them to one
+    shape wastes little."""
+    load = np.zeros(n_groups)
+    room = np.full(n_groups, max_local, np.int64)
+    groups: list[list[int]] = [[] for _ in range(n_groups)]
+    for i in np.argsort(-cost, kind="stable"):
+        fits = room >= n_local[i]
+        g = int(np.argmin(np.where(fits, load, np.inf))) if fits.any() else int(np.argmin(load))
+        groups[g].append(int(i))
+        load[g] += cost[i]
+        room[g] -= n_local[i]
+    return [sorted(g) for g in groups]
+
+
 def build_event_batch(
     card: DetectorCard,
     segments: Segments,
@@ -422,20 +505,23 @@ def build_event_batch(
     latent_length_cm: float = 4.0,
     likelihood: LikelihoodConfig | None = None,
     fixed: dict[str, float] | None = None,
-    bucket_events: int = 64,
+    n_groups: int | None = None,
+    max_group_latents: int = MAX_GROUP_LATENTS,
     devices: list | None = None,
     shard: bool = True,
     dtype=jnp.float32,
     progress=None,
     problem_kwargs: dict[str, Any] | None = None,
 ) -> EventBatch:
-    """Plan every event on its own and group them into shape buckets.
+    """Group the events and plan every group as one problem (module docstring, "Groups").
 
-    Events sorted by sub-point count form buckets of at most ``bucket_events`` (similar events
-    together: padding waste small), each padded to a multiple of the device count of ``devices``
-    (default every device) with weight-0 copies of its first event; with ``shard`` the buckets are
-    laid out over :func:`event_mesh`. ``progress(stage, done, total)`` is called while planning;
-    ``problem_kwargs`` go to :func:`lartpc_bayes.model.build_problem` for every event.
+    ``n_groups`` (default: the fewest groups, a multiple of the device count of ``devices``
+    (default every device), that hold at most ``max_group_latents`` local latents each) groups
+    of similar size (:func:`_assign_groups` on each event's track length); every group is planned
+    by :func:`lartpc_bayes.model.build_problem` on its events' segments and hits, the groups are
+    padded to one shape and stacked (groups added for the device count have weight 0); with
+    ``shard`` the group axis is laid out over :func:`event_mesh`. ``progress(stage, done,
+    total)`` is called while planning; ``problem_kwargs`` go to ``build_problem``.
     Geometry latents (reco) are not supported here (each event's reconstructed geometry would
     have to be split too): use :class:`lartpc_bayes.infer.LaplaceFitter` with the dense Hessian.
     """
@@ -447,49 +533,77 @@ def build_event_batch(
     if not per:
         raise ValueError("no events in the segments")
     M = card.electronics.max_hits_per_pixel
-    arrs, ids, n_lat, n_stop = [], [], [], []
-    masses = set()
-    for j, (ev, s, h) in enumerate(per):
-        pb = build_problem(card, s, h, latent_length_cm=latent_length_cm,
-                           likelihood=replace(likelihood, max_hits=()), fixed=fixed,
-                           **dict(problem_kwargs or {}))
+    kw = dict(problem_kwargs or {})
+    stop_pdg = kw.get("stopping_pdg")
+    # host sizes of every event: latents, stopping tracks (the local count) and track length
+    ids = np.asarray([ev for ev, _, _ in per], np.int64)
+    n_lat, n_stop, cost = [], [], []
+    for _, s, _ in per:
+        st = stopping_tracks(s) if stop_pdg is None else stopping_tracks(s, stop_pdg)
+        n_lat.append(latent_segments(s, latent_length_cm, mask=st.track < 0)[1])
+        n_stop.append(st.n)
+        cost.append(float(np.sum(s.dx)) + 1e-3)
+    n_lat, n_stop = np.asarray(n_lat), np.asarray(n_stop)
+    n_dev = len(devices if devices is not None else jax.devices())
+    if n_groups is None:
+        need = int(np.ceil((n_lat + n_stop).sum() / max(1, max_group_latents)))
+        n_groups = n_dev * max(1, int(np.ceil(need / n_dev)))
+    n_real = min(int(n_groups), ids.size)
+    members = [g for g in _assign_groups(np.asarray(cost), n_lat + n_stop, n_real,
+                                         max_group_latents) if g]
+    lat0 = dict(zip(ids.tolist(), np.concatenate([[0], np.cumsum(n_lat)])[:-1].tolist(),
+                    strict=True))
+    stop0 = dict(zip(ids.tolist(), np.concatenate([[0], np.cumsum(n_stop)])[:-1].tolist(),
+                     strict=True))
+    host, layouts, masses = [], [], set()
+    for j, g in enumerate(members):
+        mask_s = np.isin(segments.event_id, ids[g])
+        seg_g = segments.select(mask_s)
+        mask_h = np.isin(hits.event_id, ids[g])
+        hits_g = Hits(hits.event_id[mask_h], hits.pixel_id[mask_h], hits.tick[mask_h],
+                      hits.adc[mask_h])
+        pb = build_problem(card, seg_g, hits_g, latent_length_cm=latent_length_cm,
+                           likelihood=replace(likelihood, max_hits=()), fixed=fixed, **kw)
         if not pb.likelihood.max_hits:  # no hits: smallest lists
             pb.likelihood = replace(pb.likelihood,
                                     max_hits=hit_list_sizes(pb.plan, pb.table))
         if pb.stopping is not None:
             masses.update(pb.stopping.mass_MeV)
-        arrs.append(pb)
-        ids.append(ev)
-        n_lat.append(pb.n_latent)
-        n_stop.append(pb.stopping.n if pb.stopping is not None else 0)
+        host.append(pb)
+        layouts.append(_local_layout(pb, seg_g))
         if progress is not None:
-            progress("planning", j + 1, len(per))
+            progress("planning", j + 1, len(members))
     if len(masses) > 1:
         raise ValueError(f"stopping tracks of several masses {sorted(masses)}: not supported")
     mass = masses.pop() if masses else None
-    host = [_event_arrays(pb, mass) for pb in arrs]
-    lat0 = np.concatenate([[0], np.cumsum(n_lat)])
-    stop0 = np.concatenate([[0], np.cumsum(n_stop)])
-    n_dev = len(devices if devices is not None else jax.devices())
-    order = np.argsort([h["sub"]["seg"].size for h in host], kind="stable")
-    buckets = []
-    for g in range(0, order.size, bucket_events):
-        idx = list(order[g:g + bucket_events])
-        n_pad = (-len(idx)) % n_dev
-        members = idx + [idx[0]] * n_pad
-        weights = [1.0] * len(idx) + [0.0] * n_pad
-        data, table, cfg, L, T = _stack_bucket([host[i] for i in members], weights, M,
-                                               likelihood, dtype)
-        lat_index = np.full((len(members), L), -1)
-        stop_index = np.full((len(members), T), -1)
-        for r, i in enumerate(idx):
-            lat_index[r, : n_lat[i]] = lat0[i] + np.arange(n_lat[i])
-            stop_index[r, : n_stop[i]] = stop0[i] + np.arange(n_stop[i])
-        evs = np.asarray([ids[i] for i in idx] + [-1] * n_pad)
-        buckets.append(EventBucket(data, table, cfg, evs, L, T, lat_index, stop_index))
-    prior = {k: np.concatenate([h["prior"][k] for h in host]) for k in _PRIOR_KEYS}
-    batch = EventBatch(card, tuple(p for p in PARAM_NAMES if p not in fixed), fixed, buckets,
-                       prior, mass, int(lat0[-1]), int(stop0[-1]))
+    arrs = [_event_arrays(pb, mass) for pb in host]
+    n_pad = (-len(arrs)) % n_dev
+    rows = list(range(len(arrs))) + [0] * n_pad
+    weights = [1.0] * len(arrs) + [0.0] * n_pad
+    data, table, cfg, L, T = _stack_bucket([arrs[i] for i in rows], weights, M, likelihood,
+                                           dtype)
+    G = len(rows)
+    lat_index, stop_index = np.full((G, L), -1), np.full((G, T), -1)
+    local_event, local_colour = np.full((G, L + T), -1), np.full((G, L + T), -1)
+    prior = {k: np.zeros(int(n_lat.sum())) for k in _PRIOR_KEYS}
+    for r, (pb, (ev, col)) in enumerate(zip(host, layouts, strict=True)):
+        nl = pb.n_latent
+        ns = ev.size - nl
+        glob = np.asarray([lat0[e] for e in ev[:nl]], np.int64) + col[:nl]
+        lat_index[r, :nl] = glob
+        stop_index[r, :ns] = np.asarray([stop0[e] for e in ev[nl:]], np.int64) + (
+            col[nl:] - np.asarray([n_lat[ids == e][0] for e in ev[nl:]], np.int64))
+        pos = np.r_[np.arange(nl), L + np.arange(ns)]
+        local_event[r, pos] = ev
+        local_colour[r, pos] = col
+        for k in _PRIOR_KEYS:
+            prior[k][glob] = np.broadcast_to(np.asarray(pb.prior[k], np.float64), (nl,))
+    groups = np.asarray([r if r < len(arrs) else -1 for r in range(G)])
+    bucket = EventBucket(data, table, cfg, groups, L, T, lat_index, stop_index,
+                         local_event, local_colour,
+                         tuple(tuple(int(i) for i in ids[g]) for g in members))
+    batch = EventBatch(card, tuple(p for p in PARAM_NAMES if p not in fixed), fixed, [bucket],
+                       prior, mass, int(n_lat.sum()), int(n_stop.sum()))
     if shard and n_dev > 1:
         batch = batch.shard(event_mesh(devices))
     return batch
