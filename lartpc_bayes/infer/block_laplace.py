@@ -243,6 +243,39 @@ class BlockLaplace:
             info["value"] = float(value)
             info["grad_norm"] = float(jnp.linalg.norm(g))
 
+    def preconditioner(self, x0) -> tuple:
+        """(fwd, adj) of the linear map ``x = x0 + M w``, M = the block whitening map of the
+        (saddle-free) block Hessian at ``x0`` (:meth:`transform`), and its transpose on
+        gradients: ``adj(g) = M^T g`` with, per group, ``(U_g^T g_g) / sqrt(ev_g)`` and, for
+        theta, ``S^{-1/2} (g_theta - sum_g B_g^T D_g^{-1} g_g)``. Host float64."""
+        x0 = np.asarray(x0, np.float64)
+        F = factorise(self.hessian(x0))
+        n_loc = [B.shape[:2] for B in F.B]
+        Sm = F.S_evecs / np.sqrt(F.S_evals)
+
+        def unflat(w):
+            parts, i = [], F.k
+            for E, m in n_loc:
+                parts.append(w[i:i + E * m].reshape(1, E, m))
+                i += E * m
+            return w[None, :F.k], parts
+
+        def fwd(w):
+            w0, wl = unflat(np.asarray(w, np.float64))
+            return self.transform(F, x0, w0, wl)[0]
+
+        def adj(g):
+            gt, gl = self._split_np(g)
+            r = gt.copy()
+            out = []
+            for b, B in enumerate(F.B):
+                r -= np.einsum("eik,ei->k", B, F.Dinv(b, gl[b]))
+                U, ev = F.D_evecs[b], F.D_evals[b]
+                out.append((np.einsum("eji,ej->ei", U, gl[b]) / np.sqrt(ev)).reshape(-1))
+            return np.concatenate([Sm.T @ r, *out])
+
+        return fwd, adj
+
     def transform(self, F: _Factor, x_map: np.ndarray, w0: np.ndarray,
                   w_loc: list[np.ndarray]) -> np.ndarray:
         """x(w) for draws w = (w0 (n, k), [w_e (n, E, n_l)]): the block whitening map."""

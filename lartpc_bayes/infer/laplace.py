@@ -167,41 +167,55 @@ class LaplaceFitter:
         self._value_and_grad = jax.jit(jax.value_and_grad(U))
         self._U_batch = jax.jit(_batched_potential(U))
         # host L-BFGS as on the dense path: optax's jitted loop inlines the potential again in
-        # its line search (its compilation took longer than the 48 cm block fit's MAP itself)
-        self._minimise = self._lbfgs_host
+        # its line search (its compilation took longer than the 48 cm block fit's MAP itself);
+        # preconditioned by the block Hessian at the start
+        self._minimise = self._lbfgs_block
         self._constrain = None
         self._nuts = None
         self._block = BlockLaplace(batch)
 
     # -- pieces -----------------------------------------------------------------------------
 
-    def _lbfgs_host(self, x0, table):
+    def _lbfgs_block(self, x0, table):
+        """The block path's L-BFGS, preconditioned: ``x = x0 + M w`` with M the block whitening
+        map of the block Hessian at the start (:meth:`BlockLaplace.preconditioner`; saddle-free
+        there), L-BFGS in w. theta's unconstrained scales differ by 10^3 (E's posterior sd is
+        0.3 % of its prior, A_B's 30 %): unpreconditioned, 106 cm took 295 iterations."""
+        fwd, adj = self._block.preconditioner(x0)
+        return self._lbfgs_host(x0, table, precondition=(fwd, adj))
+
+    def _lbfgs_host(self, x0, table, precondition=None):
         """L-BFGS (scipy's L-BFGS-B, no bounds) from ``x0``, each step one call of the compiled
         value and gradient; stop at ``gtol`` (largest gradient component), after ``maxiter``
         iterations, on a stall (U decreased by less than STALL_TOL over STALL_WINDOW iterations)
         or when the line search finds no decrease (the float32 noise floor; the Newton polish
-        takes over). Returns ``(x, U, |grad|, iterations)`` as the jitted loop does."""
+        takes over). ``precondition`` = (fwd, adj): minimise over w with ``x = fwd(w)`` linear,
+        gradient ``adj(grad_x)`` (its transpose). Returns ``(x, U, |grad|, iterations)`` as the
+        jitted loop does (x and the gradient norm in x)."""
         from scipy.optimize import minimize
 
         vg = self._value_and_grad
         seen: dict[str, Any] = {}
         hist: list[float] = []
+        fwd, adj = precondition or (lambda w: w, lambda g: g)
 
-        def fun(x):
+        def fun(w):
+            x = fwd(w)
             v, g = vg(jnp.asarray(x, jnp.float32), table)
             v, g = float(v), np.asarray(g, np.float64)
             if not (np.isfinite(v) and np.all(np.isfinite(g))):
-                return np.inf, np.zeros_like(g)  # the line search backs off
+                return np.inf, np.zeros(np.shape(w))  # the line search backs off
             if v < seen.get("v", np.inf):
                 seen.update(v=v, x=np.array(x), g=g)
-            return v, g
+            return v, adj(g)
 
         def stall(intermediate_result):
             hist.append(float(intermediate_result.fun))
             if len(hist) > STALL_WINDOW and hist[-STALL_WINDOW - 1] - hist[-1] < STALL_TOL:
                 raise StopIteration
 
-        res = minimize(fun, np.asarray(x0, np.float64), jac=True, method="L-BFGS-B",
+        w0 = np.asarray(x0, np.float64) if precondition is None else np.zeros(self.dim)
+        res = minimize(fun, w0, jac=True, method="L-BFGS-B",
                        callback=stall,
                        options={"maxiter": self.maxiter, "gtol": self.gtol, "ftol": 0.0,
                                 "maxcor": 10, "maxls": 30})
