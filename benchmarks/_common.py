@@ -68,25 +68,11 @@ def muon_batch(length_cm: float):
 
 
 def whole_tracks(card, sample: str, length_cm: float, seed: int = 0, n0: int = 8):
-    """Whole generated tracks of ``sample`` (the generator's default cuts), in generation order,
-    until their total length reaches ``length_cm`` (the generator is asked for twice as many
-    events until it has enough)."""
-    from lartpc_bayes.forward.generator import generate
+    """Whole generated tracks until ``length_cm`` (:func:`lartpc_bayes.forward.generator.
+    generate_length`)."""
+    from lartpc_bayes.forward.generator import generate_length
 
-    n = n0
-    while True:
-        segs = generate(card, sample, n, seed)
-        key = segs.event_id.astype(np.int64) * 100000 + segs.track_id
-        _, first, inv = np.unique(key, return_index=True, return_inverse=True)
-        order = np.argsort(first)
-        rank = np.empty_like(order)
-        rank[order] = np.arange(order.size)
-        per_track = np.bincount(rank[inv.ravel()], weights=segs.dx)
-        cum = np.cumsum(per_track)
-        if cum[-1] >= length_cm:
-            k = int(np.searchsorted(cum, length_cm)) + 1
-            return segs.select(rank[inv.ravel()] < k)
-        n *= 2
+    return generate_length(card, sample, length_cm, seed, n0=n0)
 
 
 def proton_batch(card, length_cm: float, seed: int = 0):

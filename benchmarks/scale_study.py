@@ -53,17 +53,15 @@ def sample(length_cm: float, seed: int):
     import jax
     import numpy as np
 
-    from lartpc_bayes.data import Segments
     from lartpc_bayes.detector import load_card
     from lartpc_bayes.detector.physics import DetectorParams
+    from lartpc_bayes.forward.generator import generate_run
     from lartpc_bayes.forward.simulate import simulate_hits
 
     card = load_card("module0")
-    mu = C.whole_tracks(card, "muons", (1 - PROTON_FRACTION) * length_cm, seed, n0=4)
-    pr = C.whole_tracks(card, "protons", max(PROTON_FRACTION * length_cm, 1.0), seed + 7919)
-    off = int(mu.event_id.max()) + 1
-    pr = pr._replace(event_id=pr.event_id + off)
-    seg = Segments.concatenate([mu, pr])
+    seg = generate_run(card, length_cm, seed, PROTON_FRACTION)
+    is_pr = np.abs(seg.pdg_id) == 2212
+    mu, pr = seg.select(~is_pr), seg.select(is_pr)
     hits, summ = simulate_hits(jax.random.key(seed), card, seg,
                                DetectorParams.from_dict(card.nominal()))
     info = {"length_cm": float(np.sum(seg.dx)), "muon_cm": float(np.sum(mu.dx)),

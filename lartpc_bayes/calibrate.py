@@ -283,6 +283,10 @@ def _try_read_hits(path: str | Path):
 #: axis (short readout windows; the steep tracks of the 15-degree default cost several times more
 #: per cm and are for the validation campaign).
 DEMO_MIN_ANGLE_DEG = 60.0
+#: track length of the demo's run (cm): on 106 cm of whole muons and stopping protons at the
+#: card's nominal parameters every posterior sd is at most 0.35 of its prior's (scale study,
+#: benchmarks/results/scale_study.json), issue 14's "at most half"
+DEMO_LENGTH_CM = 100.0
 
 
 def calibrate_data(
@@ -366,11 +370,29 @@ def demo_sample(detector: str = "module0", n_tracks: int = 2, seed: int = 3):
     return card, segments, hits, summ
 
 
+def demo_run_sample(detector: str = "module0", length_cm: float = DEMO_LENGTH_CM, seed: int = 3):
+    """The demo's fake run: whole cosmic muons (90 %) and stopping protons (10 %) of
+    ``length_cm`` in total (:func:`lartpc_bayes.forward.generator.generate_run`) simulated at
+    :data:`DEMO_TARGET` with every noise term. Returns (card, segments, hits, summary)."""
+    from .detector import load_card
+    from .detector.physics import DetectorParams
+    from .forward.generator import generate_run
+    from .forward.simulate import simulate_hits
+
+    card = load_card(detector)
+    segments = generate_run(card, length_cm, seed)
+    hits, summ = simulate_hits(
+        jax.random.key(seed), card, segments, DetectorParams.from_dict(DEMO_TARGET)
+    )
+    return card, segments, hits, summ
+
+
 def run_demo(
     outdir: str | Path = "out/demo",
     *,
     detector: str = "module0",
-    n_tracks: int = 2,
+    length_cm: float = DEMO_LENGTH_CM,
+    n_tracks: int | None = None,
     seed: int = 3,
     method: str = "laplace",
     draws: int = 300,
@@ -380,14 +402,25 @@ def run_demo(
     progress: bool = True,
 ) -> str:
     """Fake data at :data:`DEMO_TARGET` from the embedded generator, all six parameters and the
-    latent dE/dx fitted with ``method`` (default: MAP + Laplace, whose sd agrees with NUTS on this
-    very problem, docs/inference.md); writes hits, netCDF and plots to ``outdir``."""
+    latent dE/dx fitted with ``method`` (default: MAP + Laplace); writes hits, netCDF and plots
+    to ``outdir``. The data: ``length_cm`` of whole muons and stopping protons
+    (:func:`demo_run_sample`; enough track that each of the six posterior sds is below half its
+    prior's, issue 14), or with ``n_tracks`` the short pieces of :func:`demo_sample`."""
     from .io import write_hits
 
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    card, segments, hits, summ = demo_sample(detector, n_tracks, seed)
+    if n_tracks is not None:
+        card, segments, hits, summ = demo_sample(detector, n_tracks, seed)
+        what = f"{summ.n_tracks} muons (> {DEMO_MIN_ANGLE_DEG:.0f} deg to the drift axis)"
+        sample = "muons"
+    else:
+        card, segments, hits, summ = demo_run_sample(detector, length_cm, seed)
+        n_pr = len({(e, t) for e, t, p in zip(segments.event_id, segments.track_id,
+                                              np.abs(segments.pdg_id), strict=True) if p == 2212})
+        what = f"{summ.n_tracks - n_pr} whole muons and {n_pr} stopping protons"
+        sample = "muons+protons"
     hits_path = out / "hits.h5"
     write_hits(
         hits_path,
@@ -397,10 +430,10 @@ def run_demo(
         true_dEdx=segments.dEdx,
         true_params=dict(DEMO_TARGET),
         seed=seed,
-        extra_attrs={"sample": "muons"},
+        extra_attrs={"sample": sample},
     )
     head = (
-        f"demo: {summ.n_tracks} muons (> {DEMO_MIN_ANGLE_DEG:.0f} deg to the drift axis), "
+        f"demo: {what}, "
         f"{summ.length_cm:.1f} cm, {summ.n_hits} hits on {summ.n_channels} pixels ({card.name}), "
         f"target {DEMO_TARGET}; fit: {method}"
     )
@@ -424,11 +457,13 @@ def run_demo(
 
 
 __all__ = [
+    "DEMO_LENGTH_CM",
     "DEMO_MIN_ANGLE_DEG",
     "DEMO_TARGET",
     "FitResult",
     "calibrate",
     "calibrate_file",
+    "demo_run_sample",
     "demo_sample",
     "run_demo",
 ]

@@ -287,6 +287,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(
         run_demo(
             outdir=args.outdir,
+            length_cm=args.length_cm,
             n_tracks=args.n_tracks,
             seed=args.seed,
             method=args.method,
@@ -375,7 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="end-to-end calibration on the embedded default")
     d.add_argument("--outdir", default="out/demo")
     d.add_argument("--detector", default="module0")
-    d.add_argument("--n-tracks", type=int, default=2)
+    d.add_argument("--length-cm", type=float, default=100.0,
+                   help="cm of whole muons (90 %%) and stopping protons (10 %%); default 100")
+    d.add_argument("--n-tracks", type=int, default=None,
+                   help="instead: this many short muon pieces (> 60 deg to the drift axis)")
     d.add_argument("--seed", type=int, default=3)
     d.add_argument(
         "--method",
@@ -427,6 +431,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                        if isinstance(o, str))
         if getattr(args, "n_tracks", 1) is not None and getattr(args, "n_tracks", 1) < 1:
             parser.error("--n-tracks must be >= 1")
+        if getattr(args, "length_cm", 1.0) is not None and getattr(args, "length_cm", 1.0) <= 0:
+            parser.error("--length-cm must be > 0")
         return int(args.func(args) or 0)
     except (CardError, ValueError, OSError, KeyError) as exc:
         text = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # no repr quotes

@@ -267,3 +267,28 @@ def test_generator_makes_exactly_n_tracks_after_cuts(module0):
     for sample in ("muons", "protons"):
         seg = gen.generate(module0, sample, 1000, 1)
         assert len(np.unique(seg.track_id)) == 1000
+
+
+def test_generate_length_and_run_keep_whole_tracks(module0):
+    """generate_length: the first whole tracks whose lengths reach the request (one track fewer
+    falls short), the same for any starting batch that suffices; generate_run: muons then
+    stopping protons in events numbered apart, about 10 % of the length in protons."""
+    from lartpc_bayes.forward.generator import generate, generate_length, generate_run
+
+    segs = generate_length(module0, "muons", 150.0, 4)
+    key = segs.event_id.astype(np.int64) * 100000 + segs.track_id
+    _, first, inv = np.unique(key, return_index=True, return_inverse=True)
+    per = np.bincount(inv.ravel(), weights=segs.dx)[np.argsort(first)]  # generation order
+    assert per.sum() >= 150.0 > per.sum() - per[-1]
+    # whole tracks in generation order: a prefix, in segments, of the batch it was cut from
+    n = 8
+    while (full := generate(module0, "muons", n, 4)).dx.sum() < 150.0:
+        n *= 2
+    assert np.array_equal(segs.dx, full.dx[: segs.n])
+    assert np.array_equal(segs.track_id, full.track_id[: segs.n])
+    assert segs.n < full.n or per.size == np.unique(full.track_id).size
+    run = generate_run(module0, 200.0, 2)
+    pr = np.abs(run.pdg_id) == 2212
+    assert pr.any() and (~pr).any()
+    assert run.event_id[pr].min() > run.event_id[~pr].max()
+    assert 0.05 < run.dx[pr].sum() / run.dx.sum() < 0.2

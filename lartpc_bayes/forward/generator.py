@@ -332,3 +332,39 @@ def batch_by_length(segments: Segments, max_length_cm: float = 100.0) -> list[Se
         total += length[r]
     seg_batch = batch_of_track[rank[inv]]
     return [segments.select(seg_batch == i) for i in range(b + 1)]
+
+
+def generate_length(card: DetectorCard, sample: str, length_cm: float, seed: int,
+                    n0: int = 8) -> Segments:
+    """Whole generated tracks of ``sample`` (the generator's default cuts), in generation order,
+    until their total length reaches ``length_cm`` (cm): the generator is asked for ``n0``
+    tracks, then twice as many until it has enough, and the first tracks whose lengths add up to
+    at least ``length_cm`` are kept (the generator's draws depend on the batch size, so ``n0``
+    is part of the sample's definition, as the seed is)."""
+    n = n0
+    while True:
+        segs = generate(card, sample, n, seed)
+        key = segs.event_id.astype(np.int64) * 100000 + segs.track_id
+        _, first, inv = np.unique(key, return_index=True, return_inverse=True)
+        order = np.argsort(first)
+        rank = np.empty_like(order)
+        rank[order] = np.arange(order.size)
+        per_track = np.bincount(rank[inv.ravel()], weights=segs.dx)
+        cum = np.cumsum(per_track)
+        if cum[-1] >= length_cm:
+            k = int(np.searchsorted(cum, length_cm)) + 1
+            return segs.select(rank[inv.ravel()] < k)
+        n *= 2
+
+
+def generate_run(card: DetectorCard, length_cm: float, seed: int,
+                 proton_fraction: float = 0.1) -> Segments:
+    """A run's worth of calibration tracks: whole cosmic muons for ``1 - proton_fraction`` of
+    ``length_cm`` (at least the first track) and whole stopping protons for the rest (at least one
+    track; seed ``seed + 7919``), the protons' events numbered after the muons'. The sample of the
+    scale study (benchmarks/scale_study.py) and of the demo: muons crossing the drift give E, tau
+    and D_L their lever arm, stopping protons the high-dE/dx end of Birks' law."""
+    mu = generate_length(card, "muons", (1 - proton_fraction) * length_cm, seed, n0=4)
+    pr = generate_length(card, "protons", max(proton_fraction * length_cm, 1.0), seed + 7919)
+    pr = pr._replace(event_id=pr.event_id + int(mu.event_id.max()) + 1)
+    return Segments.concatenate([mu, pr])
