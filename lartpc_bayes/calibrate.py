@@ -24,6 +24,7 @@ from .infer import (
     prior_samples,
     run_blackjax,
     run_laplace,
+    run_laplace_block,
     run_nuts,
     run_svi,
 )
@@ -79,19 +80,30 @@ def calibrate(
     truth: dict[str, float] | None = None,
     truth_dEdx: np.ndarray | None = None,
     progress: bool = False,
+    batch=None,
 ):
     """Fit ``problem`` and return the ArviZ DataTree (posterior, sample_stats, observed_data,
     posterior_predictive, prior, truth, hessian).
 
     Every method starts from the MAP (L-BFGS on the unconstrained potential, with the Laplace
     approximation there), where the Hessian pseudo-correlation of talk 002 is also evaluated.
+    ``batch`` (an :class:`~lartpc_bayes.infer.events.EventBatch` of the same events): MAP and
+    Laplace with the block-arrow Hessian (:func:`lartpc_bayes.infer.run_laplace_block`; methods
+    laplace and laplace-is), the checks on ``problem`` as always.
     """
     from .results import hessian_at_optimum, to_datatree
 
     t0 = time.perf_counter()
     say = stage_printer(progress)
-    lap = run_laplace(problem, seed=seed, num_samples=2000, importance=method == "laplace-is",
-                      log=say)
+    if batch is not None:
+        if method not in ("laplace", "laplace-is"):
+            raise ValueError(f"the block-arrow Hessian serves methods laplace and laplace-is, "
+                             f"not {method!r} (use hessian='dense')")
+        lap = run_laplace_block(batch, seed=seed, num_samples=2000,
+                                importance=method == "laplace-is", log=say)
+    else:
+        lap = run_laplace(problem, seed=seed, num_samples=2000,
+                          importance=method == "laplace-is", log=say)
     init = {
         k: jnp.asarray(v) for k, v in lap.map_values.items() if k in (*problem.free, *LATENT_SITES)
     }
@@ -195,6 +207,7 @@ def calibrate_file(
     plots: str | Path | None = None,
     progress: bool = True,
     reco: dict | None = None,
+    hessian: str = "auto",
 ) -> str:
     """``lartpc-bayes fit``: calibrate hit files (with their segments) and write the netCDF.
 
@@ -205,6 +218,11 @@ def calibrate_file(
     through the reconstruction (:func:`calibrate_data`; options in ``reco``: card, layout, t0,
     geometry_latents, tpc_offset, reco_output, force). With ``progress`` a line per stage
     (reading, planning, compile, E scan, optimise, Hessian, sampling, checks) goes to stderr.
+    ``hessian``: "dense", "block" (events grouped and sharded, block-arrow Laplace:
+    :mod:`lartpc_bayes.infer.events`; methods laplace / laplace-is, PPP likelihood) or "auto":
+    block for a Laplace fit of several events with more than :data:`BLOCK_AUTO_LATENTS` local
+    latents (the dense Hessian costs one product per latent, the block one per latent of the
+    largest event), dense otherwise.
     """
     from .io import merge_hit_files
     from .results import format_report, latent_truth, make_plots, save_datatree
@@ -245,6 +263,22 @@ def calibrate_file(
         if hf.true_params and hf.true_dEdx is not None
         else None
     )
+    if hessian not in ("auto", "dense", "block"):
+        raise ValueError(f"hessian must be 'auto', 'dense' or 'block', got {hessian!r}")
+    n_local = problem.n_latent + (problem.stopping.n if problem.stopping is not None else 0)
+    if hessian == "auto":
+        hessian = ("block" if method in ("laplace", "laplace-is") and likelihood == "ppp"
+                   and np.unique(hf.segments.event_id).size > 1
+                   and n_local > BLOCK_AUTO_LATENTS else "dense")
+    batch = None
+    if hessian == "block":
+        from .infer.events import build_event_batch
+
+        if say:
+            say("planning: events in groups for the block-arrow Hessian")
+        batch = build_event_batch(card, hf.segments, hf.hits, latent_length_cm=latent_length_cm,
+                                  likelihood=LikelihoodConfig(kind=likelihood, eps=eps),
+                                  fixed=fixed)
     dt = calibrate(
         problem,
         method=method,
@@ -257,8 +291,10 @@ def calibrate_file(
         truth=hf.true_params,
         truth_dEdx=truth_dEdx,
         progress=progress,
+        batch=batch,
     )
     dt.attrs["input_files"] = "; ".join(paths)
+    dt.attrs["hessian"] = hessian
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     save_datatree(dt, output)
     make_plots(dt, Path(plots) if plots else Path(output).parent, Path(output).stem, card)
@@ -277,6 +313,12 @@ def _try_read_hits(path: str | Path):
     except OSError:
         own = True  # let read_hits name the problem
     return read_hits(path) if own else None
+
+
+#: ``calibrate_file(hessian="auto")`` takes the block-arrow Hessian above this many local
+#: latents (dE/dx latents + stopping end points): the dense Hessian costs one Hessian-vector
+#: product per latent, the block one per latent of the largest event (~30 for a metre-long muon)
+BLOCK_AUTO_LATENTS = 64
 
 
 #: Demo sample: muons crossing the published drift window at more than this angle to the drift

@@ -1,6 +1,8 @@
-"""The demo's uncertainties are honest: on the demo's own problem (``lartpc-bayes demo`` defaults:
-2 muons at > 60 deg, seed 3, all six parameters free, 5 cm latents) the Laplace sd of every
-parameter agrees with NUTS within 20 % (issue 3), and the means within 0.5 NUTS sd.
+"""Laplace uncertainties are honest on the short-piece problem (``lartpc-bayes demo --n-tracks 2``,
+the demo's default until stop 20: 2 muons at > 60 deg, seed 3, all six parameters free, 5 cm
+latents): the Laplace sd of every parameter agrees with NUTS within 20 % (issue 3), and the means
+within 0.5 NUTS sd. The metre-long default demo's block Laplace is checked against whitened NUTS
+by ``benchmarks/block_nuts_check.py`` (docs/scale.md).
 
 Slow tier (``pytest -m slow``): NUTS 2 chains x (300 + 300) takes 10-30 min on 2 cores. The table
 it prints is the one quoted in docs/inference.md.
@@ -17,7 +19,8 @@ from lartpc_bayes.model import build_problem
 
 
 def demo_problem():
-    """The problem ``run_demo`` fits (its data, and ``calibrate_file``'s defaults)."""
+    """The problem ``run_demo(n_tracks=2)`` fits (its data, and ``calibrate_file``'s
+    defaults)."""
     card, seg, hits, _ = demo_sample()
     return build_problem(card, seg, hits, latent_length_cm=5.0)
 

@@ -29,6 +29,7 @@ from .laplace import (
     drift_field_scan,
     importance_resample,
     run_laplace,
+    run_laplace_block,
 )
 from .samplers import (
     GUIDES,
@@ -59,6 +60,7 @@ __all__ = [
     "pseudo_correlation_from_hessian",
     "run_blackjax",
     "run_laplace",
+    "run_laplace_block",
     "run_map",
     "run_nuts",
     "run_svi",

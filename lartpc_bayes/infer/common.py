@@ -169,18 +169,27 @@ def pseudo_correlation_from_hessian(
     x, H, g : unconstrained point, Hessian and gradient of U there. Returns (correlation, sd in
     physical units), as :func:`hessian_pseudo_correlation`.
     """
-    free = list(problem.free)
     z = unravel(jnp.asarray(x, jnp.float32))
-    idx = np.array([_flat_index(z, p) for p in free], np.int64)
-    x = np.asarray(x, np.float64)[idx]
-    lo = np.array([problem.card.param(p).low for p in free], np.float64)
-    w = np.array([problem.card.param(p).high for p in free], np.float64) - lo
-    nom = np.array([problem.card.nominal()[p] for p in free], np.float64)
+    idx = np.array([_flat_index(z, p) for p in problem.free], np.int64)
+    return pseudo_correlation_from_theta_block(
+        problem.card, list(problem.free), np.asarray(x, np.float64)[idx],
+        np.asarray(H, np.float64)[np.ix_(idx, idx)], np.asarray(g, np.float64)[idx])
+
+
+def pseudo_correlation_from_theta_block(card, free: list[str], x: np.ndarray, H: np.ndarray,
+                                        g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`pseudo_correlation_from_hessian` from theta's own rows: ``x`` (k,) unconstrained
+    theta, ``H`` (k, k) the theta-theta block of the potential's Hessian, ``g`` (k,) its gradient
+    (the block-arrow Laplace's A block, :mod:`lartpc_bayes.infer.block_laplace`)."""
+    x = np.asarray(x, np.float64)
+    lo = np.array([card.param(p).low for p in free], np.float64)
+    w = np.array([card.param(p).high for p in free], np.float64) - lo
+    nom = np.array([card.nominal()[p] for p in free], np.float64)
     sg = 1.0 / (1.0 + np.exp(-x))
     d1 = w * sg * (1.0 - sg)
     d2 = d1 * (1.0 - 2.0 * sg)
-    g_theta = (np.asarray(g, np.float64)[idx] + (1.0 - 2.0 * sg)) / d1
-    Hs = np.asarray(H, np.float64)[np.ix_(idx, idx)] + np.diag(-2.0 * sg * (1.0 - sg))
+    g_theta = (np.asarray(g, np.float64) + (1.0 - 2.0 * sg)) / d1
+    Hs = np.asarray(H, np.float64) + np.diag(-2.0 * sg * (1.0 - sg))
     H_theta = Hs / np.outer(d1, d1) - np.diag(g_theta * d2 / d1**2)
     return _pseudo_correlation(H_theta * np.outer(nom, nom), nom)
 
