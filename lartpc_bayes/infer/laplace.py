@@ -569,32 +569,44 @@ def run_laplace(
                                      newton_steps=newton_steps, newton_tol=newton_tol)
     fit = fitter.fit(problem.table, seed=seed, num_draws=num_samples, importance=importance,
                      scan_E=scan_E, init=init, log=log)
+    _raise_unless_ok(fit)
+    map_values = dict(fit["map"])
+    map_values.update({k: v for k, v in fit["map_unconstrained"].items() if k in LATENT_SITES})
+    pseudo = pseudo_correlation_from_hessian(
+        problem, fitter.unravel, fit["x_map"], fit["hessian_unconstrained"],
+        fit["grad_unconstrained"])
+    return _fit_result(fit, importance, map_values, pseudo, {"cov": fit["cov_unconstrained"]})
+
+
+def _raise_unless_ok(fit: dict[str, Any]) -> None:
+    """FloatingPointError (Hessian not finite) or LinAlgError (not positive definite) when the
+    Laplace fit has no approximation."""
     if not fit["ok"]:
         err = fit.get("error", "Laplace fit failed")
         if "not finite" in err:
             raise FloatingPointError(err)
         raise np.linalg.LinAlgError(err)
-    samples = {k: v[None] for k, v in fit["draws"].items()}
-    map_values = dict(fit["map"])
-    map_values.update({k: v for k, v in fit["map_unconstrained"].items() if k in LATENT_SITES})
+
+
+def _fit_result(fit: dict[str, Any], importance: bool, map_values: dict, pseudo,
+                extra: dict[str, Any]) -> FitResult:
+    """The :class:`FitResult` of a Laplace fit dict (draws shaped (1, n, ...))."""
     info = {k: fit[k] for k in ("pareto_k", "is_ess") if k in fit}
-    info["hessian_pseudo"] = pseudo_correlation_from_hessian(
-        problem, fitter.unravel, fit["x_map"], fit["hessian_unconstrained"],
-        fit["grad_unconstrained"])
     return FitResult(
         "laplace-is" if importance else "laplace",
-        samples,
+        {k: v[None] for k, v in fit["draws"].items()},
         map_values=map_values,
         timings={"fit_s": fit["map_s"] + fit["hessian_s"] + fit.get("importance_s", 0.0)},
         info={
             **info,
+            "hessian_pseudo": pseudo,
             "iterations": fit["iterations"],
             "newton_steps": fit["newton_steps"],
             "newton_decrement": fit["newton_decrement"],
             "final_potential": fit["potential"],
             "hessian_eigenvalues": fit["hessian_eigenvalues"],
             "unconstrained_map": fit["x_map"],
-            "cov": fit["cov_unconstrained"],
+            **extra,
         },
     )
 
@@ -618,33 +630,11 @@ def run_laplace_block(
 
     fitter = LaplaceFitter(batch, maxiter=maxiter, hessian="block")
     fit = fitter.fit(seed=seed, num_draws=num_samples, importance=importance, log=log)
-    if not fit["ok"]:
-        err = fit.get("error", "Laplace fit failed")
-        if "not finite" in err:
-            raise FloatingPointError(err)
-        raise np.linalg.LinAlgError(err)
-    samples = {k: v[None] for k, v in fit["draws"].items()}
-    map_values = dict(fit["map"])
-    info = {k: fit[k] for k in ("pareto_k", "is_ess") if k in fit}
-    info["hessian_pseudo"] = pseudo_correlation_from_theta_block(
+    _raise_unless_ok(fit)
+    pseudo = pseudo_correlation_from_theta_block(
         batch.card, list(batch.free), np.asarray(fit["x_map"], np.float64)[: batch.k],
         fit["hessian_theta"], fit["grad_theta"])
-    return FitResult(
-        "laplace-is" if importance else "laplace",
-        samples,
-        map_values=map_values,
-        timings={"fit_s": fit["map_s"] + fit["hessian_s"] + fit.get("importance_s", 0.0)},
-        info={
-            **info,
-            "hessian": "block",
-            "groups": [list(g) for bk in batch.buckets for g in bk.group_events],
-            "iterations": fit["iterations"],
-            "newton_steps": fit["newton_steps"],
-            "newton_decrement": fit["newton_decrement"],
-            "final_potential": fit["potential"],
-            "hessian_eigenvalues": fit["hessian_eigenvalues"],
-            "unconstrained_map": fit["x_map"],
-            "cov": fit["cov_theta"],
-        },
-    )
+    return _fit_result(fit, importance, dict(fit["map"]), pseudo, {
+        "cov": fit["cov_theta"], "hessian": "block",
+        "groups": [list(g) for bk in batch.buckets for g in bk.group_events]})
 
