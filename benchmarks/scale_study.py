@@ -181,6 +181,50 @@ def plot(doc: dict, path: Path = FIGURE) -> Path | None:
     return path
 
 
+def summarize(doc: dict) -> dict:
+    """What the study measures, from its runs: per requested length the seed-0 wall / CPU time of
+    the fit (plan + set-up + fit) and its peak RSS; the exponents b of ``y = a L^b`` fitted by
+    least squares in log-log over those lengths (L the generated track length); the closure
+    pulls over seeds at each length (mean, sd, largest |pull| per parameter); the issue's 10 m
+    targets (<= 20 min wall, <= 6 GB) judged on the run nearest 1000 cm."""
+    import numpy as np
+
+    runs = [r for r in doc["runs"].values() if r.get("status") == "ok" and r.get("ok")]
+    out: dict = {"per_length": {}, "closure": {}}
+    first = {}
+    for r in sorted(runs, key=lambda r: r["seed"]):
+        first.setdefault(r["length_cm_requested"], r)
+    for L, r in sorted(first.items()):
+        out["per_length"][f"{L:g}"] = {
+            "seed": r["seed"], "length_cm": r["problem"]["length_cm"],
+            "fit_wall_s": r["fit_wall_s"], "fit_cpu_s": r["fit_cpu_s"],
+            "peak_rss_mb": r["peak_rss_mb"], "dim": r["dim"]}
+    if len(first) >= 2:
+        x = np.log([r["problem"]["length_cm"] for r in first.values()])
+        for key in ("fit_wall_s", "fit_cpu_s", "peak_rss_mb"):
+            y = np.log([r[key] for r in first.values()])
+            out[f"exponent_{key}"] = float(np.polyfit(x, y, 1)[0])
+    by_len: dict[float, list] = {}
+    for r in runs:
+        by_len.setdefault(r["length_cm_requested"], []).append(r)
+    for L, rs in sorted(by_len.items()):
+        pulls = {p: np.array([r["pull"][p] for r in rs]) for p in rs[0]["pull"]}
+        out["closure"][f"{L:g}"] = {
+            "seeds": sorted(r["seed"] for r in rs),
+            "pull_mean": {p: float(v.mean()) for p, v in pulls.items()},
+            "pull_sd": {p: float(v.std(ddof=1)) if v.size > 1 else None
+                        for p, v in pulls.items()},
+            "max_abs_pull": {p: float(np.abs(v).max()) for p, v in pulls.items()}}
+    if first:
+        L10 = min(first, key=lambda L: abs(L - 1000.0))
+        r = first[L10]
+        out["target_10m"] = {"length_cm": r["problem"]["length_cm"],
+                             "fit_wall_s": r["fit_wall_s"], "peak_rss_gb": r["peak_rss_mb"] / 1024,
+                             "wall_met": r["fit_wall_s"] <= TARGET_10M_WALL_S,
+                             "rss_met": r["peak_rss_mb"] / 1024 <= TARGET_10M_RSS_GB}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--lengths", type=float, nargs="+", default=[100.0, 300.0, 1000.0])
@@ -200,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     # the docs figure belongs to the default results file; another --out gets its own beside it
     fig = FIGURE if args.out.resolve() == DEFAULT_OUT.resolve() else args.out.with_suffix(".png")
     if args.plot_only:
+        doc["summary"] = summarize(doc)
+        FM._write_atomic(args.out, doc)
+        print(json.dumps(doc["summary"], indent=1))
         print(plot(doc, fig))
         return 0
     status = 0
@@ -217,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r.get('peak_rss_mb', r['polled_max_rss_mb']):.0f} MiB", file=sys.stderr,
                   flush=True)
             doc["schema"] = SCHEMA
+            doc["summary"] = summarize(doc)
             FM._write_atomic(args.out, doc)
     plot(doc, fig)
     return status
