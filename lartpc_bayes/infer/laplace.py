@@ -86,10 +86,12 @@ class LaplaceFitter:
     :class:`~lartpc_bayes.infer.events.EventBatch` (the potential a sum over events, sharded over
     its mesh), the MAP stages are these and the Hessian stages are the block-arrow ones of
     :class:`~lartpc_bayes.infer.block_laplace.BlockLaplace` (per-event blocks, Schur complement);
-    precondition : L-BFGS in whitened coordinates of the Hessian at the start (after the E scan):
-    the dense Hessian, or on the block path the block whitening map (always on there). theta's
-    unconstrained scales differ by 10^3 (E's posterior sd is 0.3 % of its prior, A_B's 30 %);
-    on 106 cm of muons and protons the block path took 295 iterations without, 21 with it.
+    precondition : dense path: L-BFGS in whitened coordinates of the exact Hessian at the start
+    (after the E scan). Off by default: on the 108 cm demo it took 171 iterations against 180
+    without, and stopped 2.3 nats higher (the start, 50 posterior sd off in E after the scan, has
+    a curvature unlike the optimum's; the Newton polish finishes either way). The block path
+    always preconditions with its block whitening map: 295 -> 21 iterations on 106 cm
+    (:meth:`_lbfgs_block`).
     """
 
     def __init__(
@@ -106,7 +108,7 @@ class LaplaceFitter:
         model_kwargs: dict[str, Any] | None = None,
         hessian_chunk: int = HESSIAN_CHUNK,
         hessian: str = "dense",
-        precondition: bool = True,
+        precondition: bool = False,
     ) -> None:
         if hessian not in ("dense", "block"):
             raise ValueError(f"hessian must be 'dense' or 'block', got {hessian!r}")
@@ -138,7 +140,7 @@ class LaplaceFitter:
         # L-BFGS on the host over the compiled value and gradient: one compiled program holds the
         # likelihood instead of a second one (optax's zoom line search inlines the potential's
         # value and gradient again: 34 s of compilation on a 5 cm problem, more than the fit);
-        # preconditioned by the exact Hessian at the start (``precondition``)
+        # optionally preconditioned by the exact Hessian at the start (``precondition``)
         self._minimise = self._lbfgs_dense if precondition else self._lbfgs_host
         self._constrain = jax.jit(
             lambda xs: jax.lax.map(
