@@ -7,10 +7,11 @@ r"""Scale study (issue 14 item 6): the whole fit of 1, 3 and 10 m of track, all 
 Data: generated cosmic muons (the generator's default cuts, whole tracks) for 90 % of the length
 and stopping protons for the rest (at least one), Module 0, simulated at the card's nominal
 parameters with every noise term (``simulate_hits``: Landau-fluctuated dE/dx, electronics noise,
-noise hits). Fit: what a run's calibration does: events planned one by one and bucketed by shape
-(``infer.events.build_event_batch``, latents every 5 cm), MAP by L-BFGS from the E scan, then the
-block-arrow Laplace (per-event Hessian blocks, Schur complement for theta, Newton polish;
-``LaplaceFitter(batch, hessian="block")``), 1000 draws.
+noise hits). Fit: what a run's calibration does: events in groups of similar length, each group
+planned as one problem (``infer.events.build_event_batch``, latents every 5 cm), MAP by L-BFGS
+from the E scan (preconditioned by the block Hessian at the start), then the block-arrow Laplace
+(per-event Hessian blocks by coloured Hessian-vector products, Schur complement for theta, Newton
+polish; ``LaplaceFitter(batch, hessian="block")``), 1000 draws.
 
 Each (length, seed) runs in a fresh process (its own peak RSS; the persistent compilation cache
 off, so compile times are real) watched by the parent (killed above ``--max-rss-gb``). Recorded per
