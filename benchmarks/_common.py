@@ -67,17 +67,11 @@ def muon_batch(length_cm: float):
         [muon_segments(each, muon_shift(i), event_id=i, track_id=i) for i in range(n)])
 
 
-def whole_tracks(card, sample: str, length_cm: float, seed: int = 0, n0: int = 8):
-    """Whole generated tracks until ``length_cm`` (:func:`lartpc_bayes.forward.generator.
-    generate_length`)."""
-    from lartpc_bayes.forward.generator import generate_length
-
-    return generate_length(card, sample, length_cm, seed, n0=n0)
-
-
 def proton_batch(card, length_cm: float, seed: int = 0):
     """Whole stopping-proton tracks (generator, published cuts) until ``length_cm`` is reached."""
-    return whole_tracks(card, "protons", length_cm, seed)
+    from lartpc_bayes.forward.generator import generate_length
+
+    return generate_length(card, "protons", length_cm, seed)
 
 
 def cpu_model() -> str:

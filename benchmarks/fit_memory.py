@@ -94,11 +94,12 @@ def muon_sample(length_cm: float, seed: int = 0, detector: str = "module0"):
 
     from lartpc_bayes.detector import load_card
     from lartpc_bayes.detector.physics import DetectorParams
+    from lartpc_bayes.forward.generator import generate_length
     from lartpc_bayes.forward.simulate import simulate_hits
 
     t0 = time.perf_counter()
     card = load_card(detector)
-    segs = C.whole_tracks(card, "muons", length_cm, seed, n0=4)
+    segs = generate_length(card, "muons", length_cm, seed, n0=4)
     t1 = time.perf_counter()
     hits, summ = simulate_hits(jax.random.key(seed), card, segs,
                                DetectorParams.from_dict(card.nominal()))

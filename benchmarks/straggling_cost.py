@@ -39,13 +39,14 @@ def main() -> int:
 
     from lartpc_bayes.detector import load_card
     from lartpc_bayes.detector.physics import DetectorParams
+    from lartpc_bayes.forward.generator import generate_length
     from lartpc_bayes.forward.simulate import simulate_hits
     from lartpc_bayes.infer import LaplaceFitter, enable_compilation_cache
     from lartpc_bayes.model import build_problem
 
     enable_compilation_cache()
     card = load_card("module0")
-    seg = C.whole_tracks(card, "muons", LENGTH_CM, 0, n0=4)
+    seg = generate_length(card, "muons", LENGTH_CM, 0, n0=4)
     hits, _ = simulate_hits(jax.random.key(0), card, seg,
                             DetectorParams.from_dict(card.nominal()))
     pb = build_problem(card, seg, hits, latent_length_cm=5.0)

@@ -67,6 +67,7 @@ from ..likelihood import LikelihoodConfig, hit_list_sizes, log_likelihood
 from ..model import (
     END_SHIFT_SD_CM,
     MIP_PRIOR,
+    STOPPING_PDG,
     CalibrationProblem,
     SplitStudentT,
     build_problem,
@@ -148,15 +149,14 @@ class EventBucket:
 
 def split_events(segments: Segments, hits: Hits | None) -> list[tuple[int, Segments, Hits | None]]:
     """(event id, its segments, its hits) for every event id of ``segments``, sorted by id."""
-    out = []
-    for ev in np.unique(segments.event_id):
-        s = segments.select(segments.event_id == ev)
-        h = None
-        if hits is not None:
-            m = hits.event_id == ev
-            h = Hits(hits.event_id[m], hits.pixel_id[m], hits.tick[m], hits.adc[m])
-        out.append((int(ev), s, h))
-    return out
+    return [(int(ev), segments.select(segments.event_id == ev),
+             None if hits is None else _select_hits(hits, hits.event_id == ev))
+            for ev in np.unique(segments.event_id)]
+
+
+def _select_hits(hits: Hits, mask: np.ndarray) -> Hits:
+    """The hits where ``mask`` is true."""
+    return Hits(hits.event_id[mask], hits.pixel_id[mask], hits.tick[mask], hits.adc[mask])
 
 
 def _pad(a: np.ndarray, n: int, value: Any = 0) -> np.ndarray:
@@ -529,17 +529,17 @@ def build_event_batch(
     if likelihood.kind != "ppp":
         raise ValueError("the event-batched potential supports the PPP likelihood only")
     fixed = dict(fixed or {})
-    per = split_events(segments, hits)
+    per = split_events(segments, None)  # segments per event; hits are selected per group
     if not per:
         raise ValueError("no events in the segments")
     M = card.electronics.max_hits_per_pixel
     kw = dict(problem_kwargs or {})
-    stop_pdg = kw.get("stopping_pdg")
+    stop_pdg = kw.get("stopping_pdg", STOPPING_PDG)
     # host sizes of every event: latents, stopping tracks (the local count) and track length
     ids = np.asarray([ev for ev, _, _ in per], np.int64)
     n_lat, n_stop, cost = [], [], []
     for _, s, _ in per:
-        st = stopping_tracks(s) if stop_pdg is None else stopping_tracks(s, stop_pdg)
+        st = stopping_tracks(s, stop_pdg)
         n_lat.append(latent_segments(s, latent_length_cm, mask=st.track < 0)[1])
         n_stop.append(st.n)
         cost.append(float(np.sum(s.dx)) + 1e-3)
@@ -555,13 +555,12 @@ def build_event_batch(
                     strict=True))
     stop0 = dict(zip(ids.tolist(), np.concatenate([[0], np.cumsum(n_stop)])[:-1].tolist(),
                      strict=True))
+    n_lat_of = dict(zip(ids.tolist(), n_lat.tolist(), strict=True))
     host, layouts, masses = [], [], set()
     for j, g in enumerate(members):
         mask_s = np.isin(segments.event_id, ids[g])
         seg_g = segments.select(mask_s)
-        mask_h = np.isin(hits.event_id, ids[g])
-        hits_g = Hits(hits.event_id[mask_h], hits.pixel_id[mask_h], hits.tick[mask_h],
-                      hits.adc[mask_h])
+        hits_g = _select_hits(hits, np.isin(hits.event_id, ids[g]))
         pb = build_problem(card, seg_g, hits_g, latent_length_cm=latent_length_cm,
                            likelihood=replace(likelihood, max_hits=()), fixed=fixed, **kw)
         if not pb.likelihood.max_hits:  # no hits: smallest lists
@@ -591,8 +590,9 @@ def build_event_batch(
         ns = ev.size - nl
         glob = np.asarray([lat0[e] for e in ev[:nl]], np.int64) + col[:nl]
         lat_index[r, :nl] = glob
-        stop_index[r, :ns] = np.asarray([stop0[e] for e in ev[nl:]], np.int64) + (
-            col[nl:] - np.asarray([n_lat[ids == e][0] for e in ev[nl:]], np.int64))
+        # a shift's colour is its event's latent count plus its rank among the event's shifts
+        stop_index[r, :ns] = [stop0[e] + c - n_lat_of[e] for e, c in zip(ev[nl:], col[nl:],
+                                                                         strict=True)]
         pos = np.r_[np.arange(nl), L + np.arange(ns)]
         local_event[r, pos] = ev
         local_colour[r, pos] = col

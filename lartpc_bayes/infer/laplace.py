@@ -85,13 +85,10 @@ class LaplaceFitter:
     hessian : "dense" (default) or "block": ``problem`` is then an
     :class:`~lartpc_bayes.infer.events.EventBatch` (the potential a sum over events, sharded over
     its mesh), the MAP stages are these and the Hessian stages are the block-arrow ones of
-    :class:`~lartpc_bayes.infer.block_laplace.BlockLaplace` (per-event blocks, Schur complement);
-    precondition : dense path: L-BFGS in whitened coordinates of the exact Hessian at the start
-    (after the E scan). Off by default: on the 108 cm demo it took 171 iterations against 180
-    without, and stopped 2.3 nats higher (the start, 50 posterior sd off in E after the scan, has
-    a curvature unlike the optimum's; the Newton polish finishes either way). The block path
-    always preconditions with its block whitening map: 295 -> 21 iterations on 106 cm
-    (:meth:`_lbfgs_block`).
+    :class:`~lartpc_bayes.infer.block_laplace.BlockLaplace` (per-event blocks, Schur complement),
+    its L-BFGS preconditioned by the block whitening map (:meth:`_lbfgs_block`). The dense path's
+    L-BFGS is not preconditioned: whitening by the exact Hessian at the start was tried on the
+    108 cm demo (171 iterations against 180, and a local optimum 2.4 nats higher; docs/scale.md).
     """
 
     def __init__(
@@ -108,7 +105,6 @@ class LaplaceFitter:
         model_kwargs: dict[str, Any] | None = None,
         hessian_chunk: int = HESSIAN_CHUNK,
         hessian: str = "dense",
-        precondition: bool = False,
     ) -> None:
         if hessian not in ("dense", "block"):
             raise ValueError(f"hessian must be 'dense' or 'block', got {hessian!r}")
@@ -139,9 +135,8 @@ class LaplaceFitter:
         self._U_batch = jax.jit(_batched_potential(U))
         # L-BFGS on the host over the compiled value and gradient: one compiled program holds the
         # likelihood instead of a second one (optax's zoom line search inlines the potential's
-        # value and gradient again: 34 s of compilation on a 5 cm problem, more than the fit);
-        # optionally preconditioned by the exact Hessian at the start (``precondition``)
-        self._minimise = self._lbfgs_dense if precondition else self._lbfgs_host
+        # value and gradient again: 34 s of compilation on a 5 cm problem, more than the fit)
+        self._minimise = self._lbfgs_host
         self._constrain = jax.jit(
             lambda xs: jax.lax.map(
                 lambda v: constrain_fn(model, (problem,), {**kw, "hits": dummy},
@@ -191,20 +186,6 @@ class LaplaceFitter:
         0.3 % of its prior, A_B's 30 %): unpreconditioned, 106 cm took 295 iterations."""
         fwd, adj = self._block.preconditioner(x0)
         return self._lbfgs_host(x0, table, precondition=(fwd, adj))
-
-    def _lbfgs_dense(self, x0, table):
-        """The dense path's L-BFGS, preconditioned by the exact Hessian at the start:
-        ``x = x0 + V |Lambda|^{-1/2} w`` (saddle-free eigen-decomposition, eigenvalues floored at
-        1e-6 of the largest); unpreconditioned where that Hessian is not finite."""
-        H = np.asarray(self._hessian(jnp.asarray(x0, jnp.float32), table), np.float64)
-        if not np.all(np.isfinite(H)):
-            return self._lbfgs_host(x0, table)
-        ev, V = np.linalg.eigh(0.5 * (H + H.T))
-        lam = np.maximum(np.abs(ev), 1e-6 * max(np.abs(ev).max(), 1.0))
-        M = V / np.sqrt(lam)
-        base = np.asarray(x0, np.float64)
-        return self._lbfgs_host(x0, table, precondition=(lambda w: base + M @ w,
-                                                         lambda g: M.T @ g))
 
     def _lbfgs_host(self, x0, table, precondition=None):
         """L-BFGS (scipy's L-BFGS-B, no bounds) from ``x0``, each step one call of the compiled
