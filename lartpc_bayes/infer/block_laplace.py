@@ -35,6 +35,7 @@ one gradient of U per step, shards like U, and is exact (no Laplace error in the
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +45,8 @@ import numpy as np
 
 from .events import EventBatch
 
-__all__ = ["BlockHessian", "BlockLaplace", "block_hessian", "whitened_nuts"]
+__all__ = ["BlockHessian", "BlockLaplace", "block_hessian", "sample_nuts", "whitened_nuts",
+           "whitening_map"]
 
 #: ulps of |U| below which a predicted decrease is not resolved by evaluating the float32
 #: potential (a sum of ~10^4 channel terms rounds by a few ulp of the total): BlockLaplace.newton
@@ -388,80 +390,189 @@ class BlockLaplace:
         return out
 
 
-def whitened_nuts(
-    fitter, fit: dict[str, Any], *, sampler: str = "numpyro", seed: int = 0,
-    num_warmup: int = 200, num_draws: int = 500,
-) -> dict[str, Any]:
-    """NUTS on the joint posterior whitened by the block factor of a block-Laplace ``fit``.
+def whitening_map(F: _Factor, th0: np.ndarray, loc0: list[np.ndarray],
+                  dtype=jnp.float32) -> tuple[Callable[[jax.Array], jax.Array], int]:
+    r"""The block whitening map of :meth:`BlockLaplace.transform` as a JAX function of one flat w.
 
-    Potential in w: ``U(x(w))`` with :meth:`BlockLaplace.transform` (linear, constant Jacobian:
-    the same posterior). ``sampler`` "numpyro" (``NUTS(potential_fn=...)``) or "blackjax"
-    (``window_adaptation`` + ``nuts``), both with a diagonal mass matrix on the same potential.
-    Returns {"draws": physical sites, "divergences", "mean_steps", "nuts_s", "x": flat draws}.
-    """
-    bl: BlockLaplace = fitter._block
-    F: _Factor = fit["block_factor"]
-    batch = bl.batch
-    tb = batch.tables
-    k = batch.k
-    x_map = np.asarray(fit["x_map"], np.float64)
+    ``x(w) = x* + M w`` with, for w = (w_0 (k,), w_g (E, n_l) per bucket),
+    :math:`\delta\theta = S^{-1/2} w_0`,
+    :math:`l_e = l_e^* - D_e^{-1} B_e \delta\theta + U_e \Lambda_e^{-1/2} w_e`
+    (:math:`D_e = U_e \Lambda_e U_e^T`): :math:`M M^T = H^{-1}`, so a posterior equal to its
+    Laplace approximation is N(0, I) in w. Returns (x_of_w, dim of w)."""
+    k = F.k
     shapes = [B.shape[:2] for B in F.B]
-    n_w = k + sum(a * b for a, b in shapes)
-    th0, loc0 = bl._split_np(x_map)
-    Sm = jnp.asarray(F.S_evecs / np.sqrt(F.S_evals), jnp.float32)  # S^{-1/2} = U diag(1/sqrt)
-    Bj = [jnp.asarray(B, jnp.float32) for B in F.B]
-    DU = [jnp.asarray(U, jnp.float32) for U in F.D_evecs]
-    Dev = [jnp.asarray(e, jnp.float32) for e in F.D_evals]
+    Sm = jnp.asarray(F.S_evecs / np.sqrt(F.S_evals), dtype)  # S^{-1/2} = U diag(1/sqrt(ev))
+    th = jnp.asarray(th0, dtype)
+    locs = [jnp.asarray(v, dtype) for v in loc0]
+    Bj = [jnp.asarray(B, dtype) for B in F.B]
+    DU = [jnp.asarray(U, dtype) for U in F.D_evecs]
+    Dev = [jnp.asarray(e, dtype) for e in F.D_evals]
 
-    def x_of_w(w):
-        w0, i, parts = w[:k], k, []
-        dth = Sm @ w0
-        parts.append(jnp.asarray(th0, jnp.float32) + dth)
+    def x_of_w(w: jax.Array) -> jax.Array:
+        dth = Sm @ w[:k]
+        parts, i = [th + dth], k
         for b, (E, m) in enumerate(shapes):
             we = w[i:i + E * m].reshape(E, m)
             i += E * m
             sh = jnp.einsum("eik,k->ei", Bj[b], dth)
             dinv = jnp.einsum("eij,ej->ei", DU[b], jnp.einsum("eji,ej->ei", DU[b], sh) / Dev[b])
             noise = jnp.einsum("eij,ej->ei", DU[b], we / jnp.sqrt(Dev[b]))
-            parts.append((jnp.asarray(loc0[b], jnp.float32) - dinv + noise).reshape(-1))
+            parts.append((locs[b] - dinv + noise).reshape(-1))
         return jnp.concatenate(parts)
 
-    def Uw(w):
-        return batch.potential(x_of_w(w), tb)
+    return x_of_w, k + sum(a * b for a, b in shapes)
 
-    t0 = time.perf_counter()
+
+def sample_nuts(
+    potential: Callable[[jax.Array], jax.Array], w0: jax.Array, *, sampler: str = "numpyro",
+    seed: int = 0, num_warmup: int = 200, num_draws: int = 500, max_tree_depth: int = 6,
+    adapt_mass_matrix: bool = False, target_accept: float = 0.85, step_size: float = 1.0,
+    progress: Callable[[str], None] | None = None, chunk: int = 50,
+) -> dict[str, Any]:
+    """One NUTS chain on a flat potential ``U(w)`` (minus log density) from ``w0``.
+
+    Both samplers run the same algorithm: multinomial NUTS, trees of at most ``2**max_tree_depth
+    - 1`` leapfrog steps, the step size adapted in warm-up by dual averaging (Hoffman and Gelman
+    2014) to ``target_accept``, from ``step_size`` (1 suits a whitened target, the scale of
+    N(0, I)). ``adapt_mass_matrix`` False keeps the identity metric (the target is already
+    whitened; NumPyro ``NUTS(adapt_mass_matrix=False)``, BlackJAX ``dual_averaging_adaptation``
+    alone); True adapts a diagonal one (NumPyro's and BlackJAX's Stan windows).
+    ``progress`` (e.g. ``print``) gets a line per ``chunk`` draws: the sampling runs in jitted
+    chunks, so a long chain reports where it is. Returns {"w": (num_draws, dim) draws,
+    "divergences", "num_steps" (num_draws,), "step_size", "warmup_s", "sample_s"}.
+    """
+    if sampler not in ("numpyro", "blackjax"):
+        raise ValueError(f"sampler must be 'numpyro' or 'blackjax', got {sampler!r}")
+    say = progress or (lambda _m: None)
+    w0 = jnp.asarray(w0)
     key = jax.random.key(seed)
-    w0 = jnp.zeros(n_w, jnp.float32)
+    t0 = time.perf_counter()
+    ws, div, nst = [], [], []
     if sampler == "numpyro":
         from numpyro.infer import MCMC, NUTS
 
-        mcmc = MCMC(NUTS(potential_fn=Uw, target_accept_prob=0.85), num_warmup=num_warmup,
-                    num_samples=num_draws, progress_bar=False)
-        mcmc.run(key, init_params=w0, extra_fields=("diverging", "num_steps"))
-        ws = np.asarray(mcmc.get_samples())
-        ex = mcmc.get_extra_fields()
-        div, nst = np.asarray(ex["diverging"]), np.asarray(ex["num_steps"])
-    elif sampler == "blackjax":
+        mcmc = MCMC(NUTS(potential_fn=potential, target_accept_prob=target_accept,
+                         step_size=step_size, adapt_mass_matrix=adapt_mass_matrix,
+                         max_tree_depth=max_tree_depth),
+                    num_warmup=num_warmup, num_samples=chunk, progress_bar=False)
+        mcmc.warmup(key, init_params=w0, extra_fields=("diverging", "num_steps"))
+        t1 = time.perf_counter()
+        eps = float(mcmc.last_state.adapt_state.step_size)
+        say(f"NUTS ({sampler}) warm-up {num_warmup} in {t1 - t0:.0f} s, step size {eps:.3g}")
+        done = 0
+        while done < num_draws:
+            n = min(chunk, num_draws - done)
+            mcmc.num_samples = n
+            mcmc.post_warmup_state = mcmc.last_state
+            mcmc.run(mcmc.post_warmup_state.rng_key, extra_fields=("diverging", "num_steps"))
+            ex = mcmc.get_extra_fields()
+            ws.append(np.asarray(mcmc.get_samples()))
+            div.append(np.asarray(ex["diverging"]))
+            nst.append(np.asarray(ex["num_steps"]))
+            done += n
+            say(f"NUTS ({sampler}) {done}/{num_draws} draws, {time.perf_counter() - t1:.0f} s, "
+                f"divergences {int(sum(d.sum() for d in div))}")
+    else:
         import blackjax
 
-        @jax.jit
-        def run(key):
-            k1, k2 = jax.random.split(key)
-            logd = lambda w: -Uw(w)  # noqa: E731
-            adapt = blackjax.window_adaptation(blackjax.nuts, logd, target_acceptance_rate=0.85)
-            (state, params), _ = adapt.run(k1, w0, num_steps=num_warmup)
-            kernel = blackjax.nuts(logd, **params)
+        def logd(w):
+            return -potential(w)
 
+        k_warm, k_draw = jax.random.split(key)
+        if adapt_mass_matrix:
+            @jax.jit
+            def warm(key):
+                adapt = blackjax.window_adaptation(blackjax.nuts, logd,
+                                                   target_acceptance_rate=target_accept,
+                                                   initial_step_size=step_size,
+                                                   max_num_doublings=max_tree_depth)
+                (state, params), _ = adapt.run(key, w0, num_steps=num_warmup)
+                return state, params["step_size"], params["inverse_mass_matrix"]
+        else:
+            from blackjax.adaptation.step_size import dual_averaging_adaptation
+
+            @jax.jit
+            def warm(key):
+                da_init, da_update, da_final = dual_averaging_adaptation(target_accept)
+                inv_mass = jnp.ones_like(w0)
+
+                def one(carry, kk):
+                    st, da = carry
+                    kern = blackjax.nuts(logd, jnp.exp(da.log_step_size), inv_mass,
+                                         max_num_doublings=max_tree_depth)
+                    st, info = kern.step(kk, st)
+                    return (st, da_update(da, info.acceptance_rate)), None
+
+                st0 = blackjax.nuts.init(w0, logd)
+                (st, da), _ = jax.lax.scan(one, (st0, da_init(step_size)),
+                                           jax.random.split(key, num_warmup))
+                return st, da_final(da), inv_mass
+
+        state, eps, inv_mass = warm(k_warm)
+        t1 = time.perf_counter()
+        say(f"NUTS ({sampler}) warm-up {num_warmup} in {t1 - t0:.0f} s, step size "
+            f"{float(eps):.3g}")
+        kernel = blackjax.nuts(logd, eps, inv_mass, max_num_doublings=max_tree_depth)
+
+        @jax.jit
+        def draw(state, keys):
             def step(st, kk):
                 st, info = kernel.step(kk, st)
                 return st, (st.position, info.is_divergent, info.num_integration_steps)
 
-            return jax.lax.scan(step, state, jax.random.split(k2, num_draws))[1]
+            return jax.lax.scan(step, state, keys)
 
-        pos, div, nst = run(key)
-        ws, div, nst = np.asarray(pos), np.asarray(div), np.asarray(nst)
-    else:
-        raise ValueError(f"sampler must be 'numpyro' or 'blackjax', got {sampler!r}")
-    xs = np.asarray(jax.jit(jax.vmap(x_of_w))(jnp.asarray(ws, jnp.float32)))
-    return {"draws": fitter.to_physical(xs), "x": xs, "divergences": int(div.sum()),
-            "mean_steps": float(nst.mean()), "nuts_s": time.perf_counter() - t0}
+        keys = jax.random.split(k_draw, num_draws)
+        done = 0
+        while done < num_draws:
+            n = min(chunk, num_draws - done)
+            # the last chunk may be shorter: one more compilation, at most
+            state, (pos, d, ns) = draw(state, keys[done:done + n])
+            ws.append(np.asarray(pos))
+            div.append(np.asarray(d))
+            nst.append(np.asarray(ns))
+            done += n
+            say(f"NUTS ({sampler}) {done}/{num_draws} draws, {time.perf_counter() - t1:.0f} s, "
+                f"divergences {int(sum(x.sum() for x in div))}")
+        eps = float(eps)
+    t2 = time.perf_counter()
+    return {"w": np.concatenate(ws), "divergences": int(sum(d.sum() for d in div)),
+            "num_steps": np.concatenate(nst), "step_size": float(eps),
+            "warmup_s": t1 - t0, "sample_s": t2 - t1}
+
+
+def whitened_nuts(
+    fitter, fit: dict[str, Any], *, sampler: str = "numpyro", seed: int = 0,
+    num_warmup: int = 200, num_draws: int = 500, max_tree_depth: int = 6,
+    adapt_mass_matrix: bool = False, progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """NUTS on the joint posterior whitened by the block factor of a block-Laplace ``fit``.
+
+    Potential in w: ``U(x(w))`` with :func:`whitening_map` (linear, constant Jacobian: the same
+    posterior), started at w = 0 (the MAP), sampled by :func:`sample_nuts` (NumPyro or BlackJAX on
+    the same potential). Identity metric by default: where the posterior is its Laplace
+    approximation, w is N(0, I), so warm-up only tunes the step size; a diagonal metric
+    adapted from a short chain costs warm-up draws and measured no gain (docs/scale.md). Tree
+    depth at most 6 (63 steps): a whitened Gaussian needs ~7, a deeper tree is the sign of a
+    non-Gaussian direction, which the trajectory length of 63 steps of ~0.5 still crosses.
+    Returns {"draws": physical sites, "x": flat draws, "divergences", "mean_steps",
+    "step_size", "nuts_s", "warmup_s", "sample_s", "num_steps"}.
+    """
+    bl: BlockLaplace = fitter._block
+    F: _Factor = fit["block_factor"]
+    th0, loc0 = bl._split_np(np.asarray(fit["x_map"], np.float64))
+    x_of_w, n_w = whitening_map(F, th0, loc0)
+    tb = bl.batch.tables
+
+    def Uw(w):
+        return bl.batch.potential(x_of_w(w), tb)
+
+    t0 = time.perf_counter()
+    out = sample_nuts(Uw, jnp.zeros(n_w, jnp.float32), sampler=sampler, seed=seed,
+                      num_warmup=num_warmup, num_draws=num_draws, max_tree_depth=max_tree_depth,
+                      adapt_mass_matrix=adapt_mass_matrix, progress=progress)
+    xs = np.asarray(jax.jit(jax.vmap(x_of_w))(jnp.asarray(out["w"], jnp.float32)))
+    return {"draws": fitter.to_physical(xs), "x": xs, "divergences": out["divergences"],
+            "mean_steps": float(out["num_steps"].mean()), "num_steps": out["num_steps"],
+            "step_size": out["step_size"], "warmup_s": out["warmup_s"],
+            "sample_s": out["sample_s"], "nuts_s": time.perf_counter() - t0}
