@@ -190,21 +190,38 @@ def stopping_tracks(segments: Segments, stopping_pdg: tuple[int, ...] = STOPPING
     return StoppingTracks(out_track, r_near, r_far, tuple(mass), len(mass))
 
 
-def stopping_dEdx(st: StoppingTracks, end_shift_cm, density: float):
-    """Segment-averaged dE/dx (MeV/cm) of the stopping segments for end-point shifts (n,) cm:
-    ``(T(R_far + d) - T(R_near + d)) / (R_far - R_near)``, T the CSDA kinetic energy at residual
-    range R (:func:`lartpc_bayes.forward.energy_loss.kinetic_energy_from_residual_range`)."""
+def residual_range_energy(r_near, r_far, end_shift_cm, mass_MeV: float, density: float):
+    r"""Energy (MeV) a stopping track deposits on a segment between residual ranges
+    ``r_near < r_far`` (cm) when its end point moves out by ``end_shift_cm`` = d:
+
+    .. math:: \Delta E = T(R_\mathrm{far} + d) - [R_\mathrm{near} > 0]\, T(R_\mathrm{near} + d),
+
+    T the CSDA kinetic energy at residual range R (clamped at R <= 0,
+    :func:`lartpc_bayes.forward.energy_loss.kinetic_energy_from_residual_range`). The last segment
+    (R_near = 0) keeps the whole T(R_far + d): for d > 0 the track goes on for d beyond its last
+    segment and that stretch's energy T(d) is put on the last segment (moved by at most d, less
+    than a pixel at the posterior's mm scale) instead of being dropped. Dropping it, as
+    ``T(R_far + d) - T(d)`` did until this round, gave the potential a cusp at d = 0 (T(d) ~ d^0.58
+    near the Bragg peak: infinite slope, a 20 um "measurement" of the end point from a Hessian
+    taken at the cusp, and NUTS step sizes of 0.03; docs/scale.md)."""
     from .forward.energy_loss import kinetic_energy_from_residual_range
 
+    t_far = kinetic_energy_from_residual_range(r_far + end_shift_cm, mass_MeV, density)
+    t_near = kinetic_energy_from_residual_range(r_near + end_shift_cm, mass_MeV, density)
+    return t_far - jnp.where(r_near > 0, t_near, 0.0)
+
+
+def stopping_dEdx(st: StoppingTracks, end_shift_cm, density: float):
+    """Segment-averaged dE/dx (MeV/cm) of the stopping segments for end-point shifts (n,) cm:
+    :func:`residual_range_energy` over the segment length ``R_far - R_near``."""
     seg = np.nonzero(st.track >= 0)[0]
     tr = st.track[seg]
     d = end_shift_cm[jnp.asarray(tr)]
     out = jnp.zeros(seg.size)
+    r_near, r_far = jnp.asarray(st.r_near[seg]), jnp.asarray(st.r_far[seg])
     for m in sorted(set(st.mass_MeV)):
         sel = np.asarray([st.mass_MeV[t] == m for t in tr])
-        t_far = kinetic_energy_from_residual_range(jnp.asarray(st.r_far[seg]) + d, m, density)
-        t_near = kinetic_energy_from_residual_range(jnp.asarray(st.r_near[seg]) + d, m, density)
-        val = (t_far - t_near) / jnp.asarray(st.r_far[seg] - st.r_near[seg])
+        val = residual_range_energy(r_near, r_far, d, m, density) / (r_far - r_near)
         out = jnp.where(jnp.asarray(sel), val, out)
     return jnp.asarray(seg), out
 

@@ -73,6 +73,7 @@ from ..model import (
     build_problem,
     latent_scale,
     latent_segments,
+    residual_range_energy,
     stopping_tracks,
 )
 
@@ -327,8 +328,6 @@ class EventBatch:
     def event_potential(self, b: int, theta_u: jax.Array, loc: jax.Array, ev: EventData,
                         table: jax.Array) -> jax.Array:
         """U_e of one event of bucket ``b`` (unbatched ``ev`` / ``table``), in nats."""
-        from ..forward.energy_loss import kinetic_energy_from_residual_range
-
         bk = self.buckets[b]
         L = bk.n_latent
         z, shift = loc[:L], loc[L:]
@@ -346,8 +345,7 @@ class EventBatch:
             r_far = jnp.where(is_stop, ev.r_far, 11.0)
             rho = self.card.physics.lar_density_g_cm3
             m = self.stop_mass_MeV
-            val = (kinetic_energy_from_residual_range(r_far + d, m, rho)
-                   - kinetic_energy_from_residual_range(r_near + d, m, rho)) / (r_far - r_near)
+            val = residual_range_energy(r_near, r_far, d, m, rho) / (r_far - r_near)
             dEdx = jnp.where(is_stop, val, dEdx)
         dEdx = jnp.maximum(dEdx, 1e-3)
         th = self.theta_physical(theta_u)
