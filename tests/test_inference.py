@@ -143,6 +143,41 @@ def test_stopping_proton_prior_follows_residual_range():
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(g))
 
 
+def test_stopping_track_energy_is_conserved_and_smooth_in_the_end_shift():
+    """The segments of a stopping track deposit T(L + d) in total for any end shift d (energy
+    conservation: the stretch beyond the last segment for d > 0 is put on the last segment), and
+    the last segment's energy has a continuous derivative at d = 0, equal to the Bragg dE/dx at
+    the segment's far end (no cusp: before, d > 0 dropped T(d) ~ d^0.58)."""
+    import jax.numpy as jnp
+
+    from lartpc_bayes.forward.energy_loss import (
+        PROTON_MASS_MEV,
+        dedx_from_residual_range,
+        kinetic_energy_from_residual_range,
+    )
+    from lartpc_bayes.model import residual_range_energy, stopping_tracks
+
+    rho = CARD.physics.lar_density_g_cm3
+    seg = generate(CARD, "protons", 1, 4)
+    st = stopping_tracks(seg)
+    L = float(seg.dx.sum())
+    for d in (-0.2, -0.01, 0.0, 0.01, 0.2):
+        e = residual_range_energy(jnp.asarray(st.r_near), jnp.asarray(st.r_far), d,
+                                  PROTON_MASS_MEV, rho)
+        total = float(kinetic_energy_from_residual_range(L + d, PROTON_MASS_MEV, rho))
+        assert abs(float(e.sum()) - total) < 1e-3 * total, (d, float(e.sum()), total)
+    last = int(np.argmin(st.r_near))
+    dx = float(st.r_far[last])
+
+    def e_last(d):
+        return residual_range_energy(0.0, dx, d, PROTON_MASS_MEV, rho)
+
+    slopes = [float(jax.grad(e_last)(d)) for d in (-1e-3, 1e-3)]
+    bragg = float(dedx_from_residual_range(dx, PROTON_MASS_MEV, rho))
+    # float32 interpolation of ln T on the 1024-point table: 1 % is ~5x its accuracy
+    assert all(abs(s / bragg - 1) < 0.01 for s in slopes), (slopes, bragg)
+
+
 def test_importance_resample_corrects_a_too_narrow_gaussian():
     """A target N(0, diag(1, 4)) seen through a Laplace approximation that is off-centre and too
     narrow (mean (0.3, 0), cov diag(0.5, 1)): the Student-t proposal with PSIS weights recovers

@@ -456,8 +456,8 @@ def sample_nuts(
                          max_tree_depth=max_tree_depth),
                     num_warmup=num_warmup, num_samples=chunk, progress_bar=False)
         mcmc.warmup(key, init_params=w0, extra_fields=("diverging", "num_steps"))
+        eps = float(mcmc.last_state.adapt_state.step_size)  # waits for the warm-up to finish
         t1 = time.perf_counter()
-        eps = float(mcmc.last_state.adapt_state.step_size)
         say(f"NUTS ({sampler}) warm-up {num_warmup} in {t1 - t0:.0f} s, step size {eps:.3g}")
         done = 0
         while done < num_draws:
@@ -508,7 +508,7 @@ def sample_nuts(
                                            jax.random.split(key, num_warmup))
                 return st, da_final(da), inv_mass
 
-        state, eps, inv_mass = warm(k_warm)
+        state, eps, inv_mass = jax.block_until_ready(warm(k_warm))
         t1 = time.perf_counter()
         say(f"NUTS ({sampler}) warm-up {num_warmup} in {t1 - t0:.0f} s, step size "
             f"{float(eps):.3g}")
