@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--adapt-mass-matrix", action="store_true",
                     help="adapt a diagonal metric in warm-up (default: identity, the target is "
                          "whitened)")
+    ap.add_argument("--dense-mass", action="store_true",
+                    help="with --adapt-mass-matrix: a dense metric (the whitened target's "
+                         "residual correlations and skew-induced scale changes)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     a = ap.parse_args(argv)
 
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"block Laplace: {t1 - t0:.0f} s, dim {fitter.dim}, {info}", flush=True)
     nuts = whitened_nuts(fitter, fit, sampler=a.sampler, seed=a.seed, num_warmup=a.warmup,
                          num_draws=a.draws, max_tree_depth=a.max_tree_depth,
-                         adapt_mass_matrix=a.adapt_mass_matrix,
+                         adapt_mass_matrix=a.adapt_mass_matrix, dense_mass=a.dense_mass,
                          progress=lambda m: print(m, flush=True))
     steps = np.asarray(nuts["num_steps"])
     rows, ok = {}, True
@@ -95,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
            "versions": C.versions(), "problem": info, "dim": int(fitter.dim),
            "sampler": a.sampler, "warmup": a.warmup, "draws": a.draws,
            "max_tree_depth": a.max_tree_depth, "adapt_mass_matrix": a.adapt_mass_matrix,
+           "dense_mass": a.dense_mass,
            "laplace_fit_s": t1 - t0, "nuts_s": nuts["nuts_s"], "warmup_s": nuts["warmup_s"],
            "sample_s": nuts["sample_s"], "step_size": nuts["step_size"],
            "divergences": nuts["divergences"], "mean_steps": nuts["mean_steps"],

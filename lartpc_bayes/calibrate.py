@@ -26,6 +26,7 @@ from .infer import (
     run_laplace,
     run_laplace_block,
     run_nuts,
+    run_nuts_block,
     run_svi,
 )
 from .likelihood import LikelihoodConfig
@@ -89,16 +90,24 @@ def calibrate(
     approximation there), where the Hessian pseudo-correlation of talk 002 is also evaluated.
     ``batch`` (an :class:`~lartpc_bayes.infer.events.EventBatch` of the same events): MAP and
     Laplace with the block-arrow Hessian (:func:`lartpc_bayes.infer.run_laplace_block`; methods
-    laplace and laplace-is), the checks on ``problem`` as always.
+    laplace and laplace-is), and for methods nuts and blackjax NUTS on the joint posterior
+    whitened by that block factor (:func:`lartpc_bayes.infer.run_nuts_block`, ``chains`` chains
+    one after another); the checks on ``problem`` as always.
     """
     from .results import hessian_at_optimum, to_datatree
 
     t0 = time.perf_counter()
     say = stage_printer(progress)
-    if batch is not None:
+    block_nuts = batch is not None and method in ("nuts", "blackjax")
+    if block_nuts:
+        # block Laplace, then NUTS on the joint posterior whitened by its block factor
+        lap = run_nuts_block(batch, sampler="numpyro" if method == "nuts" else "blackjax",
+                             seed=seed, num_warmup=warmup, num_samples=draws, num_chains=chains,
+                             log=say)
+    elif batch is not None:
         if method not in ("laplace", "laplace-is"):
-            raise ValueError(f"the block-arrow Hessian serves methods laplace and laplace-is, "
-                             f"not {method!r} (use hessian='dense')")
+            raise ValueError(f"the block-arrow Hessian serves methods laplace, laplace-is, nuts "
+                             f"and blackjax, not {method!r} (use hessian='dense')")
         lap = run_laplace_block(batch, seed=seed, num_samples=2000,
                                 importance=method == "laplace-is", log=say)
     else:
@@ -109,7 +118,9 @@ def calibrate(
     }
     timings = {"map_laplace_s": lap.timings["fit_s"]}
     hess = hessian_at_optimum(problem, lap.map_values, laplace=lap)
-    if method in ("nuts", "blackjax"):
+    if block_nuts:
+        fit = lap
+    elif method in ("nuts", "blackjax"):
         sampler = run_nuts if method == "nuts" else run_blackjax
         if say:
             say(f"sampling: {method} {chains} chains x ({warmup} + {draws})")
@@ -219,10 +230,10 @@ def calibrate_file(
     geometry_latents, tpc_offset, reco_output, force). With ``progress`` a line per stage
     (reading, planning, compile, E scan, optimise, Hessian, sampling, checks) goes to stderr.
     ``hessian``: "dense", "block" (events grouped and sharded, block-arrow Laplace:
-    :mod:`lartpc_bayes.infer.events`; methods laplace / laplace-is, PPP likelihood) or "auto":
-    block for a Laplace fit of several events with more than :data:`BLOCK_AUTO_LATENTS` local
-    latents (the dense Hessian costs one product per latent, the block one per latent of the
-    largest event), dense otherwise.
+    :mod:`lartpc_bayes.infer.events`; methods laplace / laplace-is, and nuts / blackjax as
+    whitened NUTS on that factor; PPP likelihood) or "auto": block for a fit of several events
+    with more than :data:`BLOCK_AUTO_LATENTS` local latents (the dense Hessian costs one product
+    per latent, the block one per latent of the largest event), dense otherwise.
     """
     from .io import merge_hit_files
     from .results import format_report, latent_truth, make_plots, save_datatree
@@ -267,7 +278,8 @@ def calibrate_file(
         raise ValueError(f"hessian must be 'auto', 'dense' or 'block', got {hessian!r}")
     n_local = problem.n_latent + (problem.stopping.n if problem.stopping is not None else 0)
     if hessian == "auto":
-        hessian = ("block" if method in ("laplace", "laplace-is") and likelihood == "ppp"
+        hessian = ("block" if method in ("laplace", "laplace-is", "nuts", "blackjax")
+                   and likelihood == "ppp"
                    and np.unique(hf.segments.event_id).size > 1
                    and n_local > BLOCK_AUTO_LATENTS else "dense")
     batch = None

@@ -362,9 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add a per-TPC drift offset latent (sd: card geometry.drift_offset_sd_cm)")
     f.add_argument("--reco-output", help="also write the reconstructed segments (HDF5)")
     f.add_argument("--hessian", choices=["auto", "dense", "block"], default="auto",
-                   help="Laplace Hessian: block = events grouped (sharded over devices) and the "
-                   "block-arrow Hessian, for metres of track; auto (default) = block for a "
-                   "Laplace fit of several events with > 64 latents, else dense")
+                   help="Hessian: block = events grouped (sharded over devices) and the "
+                   "block-arrow Hessian, for metres of track (methods nuts / blackjax then "
+                   "sample the joint posterior whitened by it); auto (default) = block for a "
+                   "laplace, laplace-is, nuts or blackjax fit of several events with > 64 "
+                   "latents, else dense")
     f.set_defaults(func=_cmd_fit)
 
     r = sub.add_parser("reconstruct", help="hits/packets/flow -> reconstructed segments (HDF5)")

@@ -30,6 +30,7 @@ from .laplace import (
     importance_resample,
     run_laplace,
     run_laplace_block,
+    run_nuts_block,
 )
 from .samplers import (
     GUIDES,
@@ -63,6 +64,7 @@ __all__ = [
     "run_laplace_block",
     "run_map",
     "run_nuts",
+    "run_nuts_block",
     "run_svi",
     "set_host_devices",
 ]

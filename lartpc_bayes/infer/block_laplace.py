@@ -426,8 +426,8 @@ def whitening_map(F: _Factor, th0: np.ndarray, loc0: list[np.ndarray],
 def sample_nuts(
     potential: Callable[[jax.Array], jax.Array], w0: jax.Array, *, sampler: str = "numpyro",
     seed: int = 0, num_warmup: int = 200, num_draws: int = 500, max_tree_depth: int = 6,
-    adapt_mass_matrix: bool = False, target_accept: float = 0.85, step_size: float = 1.0,
-    progress: Callable[[str], None] | None = None, chunk: int = 50,
+    adapt_mass_matrix: bool = False, dense_mass: bool = False, target_accept: float = 0.85,
+    step_size: float = 1.0, progress: Callable[[str], None] | None = None, chunk: int = 50,
 ) -> dict[str, Any]:
     """One NUTS chain on a flat potential ``U(w)`` (minus log density) from ``w0``.
 
@@ -436,10 +436,13 @@ def sample_nuts(
     2014) to ``target_accept``, from ``step_size`` (1 suits a whitened target, the scale of
     N(0, I)). ``adapt_mass_matrix`` False keeps the identity metric (the target is already
     whitened; NumPyro ``NUTS(adapt_mass_matrix=False)``, BlackJAX ``dual_averaging_adaptation``
-    alone); True adapts a diagonal one (NumPyro's and BlackJAX's Stan windows).
+    alone); True adapts one in Stan's windows (NumPyro's ``NUTS``, BlackJAX's
+    ``window_adaptation``), diagonal or, with ``dense_mass``, dense.
     ``progress`` (e.g. ``print``) gets a line per ``chunk`` draws: the sampling runs in jitted
     chunks, so a long chain reports where it is. Returns {"w": (num_draws, dim) draws,
-    "divergences", "num_steps" (num_draws,), "step_size", "warmup_s", "sample_s"}.
+    "divergences", "num_steps" (num_draws,), "stats" (per draw: diverging, n_steps, energy,
+    acceptance_rate; the names of :func:`lartpc_bayes.infer.run_nuts`), "step_size",
+    "warmup_s", "sample_s"}.
     """
     if sampler not in ("numpyro", "blackjax"):
         raise ValueError(f"sampler must be 'numpyro' or 'blackjax', got {sampler!r}")
@@ -447,15 +450,16 @@ def sample_nuts(
     w0 = jnp.asarray(w0)
     key = jax.random.key(seed)
     t0 = time.perf_counter()
-    ws, div, nst = [], [], []
+    ws, div, nst, en, acc = [], [], [], [], []
+    fields = ("diverging", "num_steps", "energy", "accept_prob")
     if sampler == "numpyro":
         from numpyro.infer import MCMC, NUTS
 
         mcmc = MCMC(NUTS(potential_fn=potential, target_accept_prob=target_accept,
                          step_size=step_size, adapt_mass_matrix=adapt_mass_matrix,
-                         max_tree_depth=max_tree_depth),
+                         dense_mass=dense_mass, max_tree_depth=max_tree_depth),
                     num_warmup=num_warmup, num_samples=chunk, progress_bar=False)
-        mcmc.warmup(key, init_params=w0, extra_fields=("diverging", "num_steps"))
+        mcmc.warmup(key, init_params=w0, extra_fields=fields)
         eps = float(mcmc.last_state.adapt_state.step_size)  # waits for the warm-up to finish
         t1 = time.perf_counter()
         say(f"NUTS ({sampler}) warm-up {num_warmup} in {t1 - t0:.0f} s, step size {eps:.3g}")
@@ -464,11 +468,13 @@ def sample_nuts(
             n = min(chunk, num_draws - done)
             mcmc.num_samples = n
             mcmc.post_warmup_state = mcmc.last_state
-            mcmc.run(mcmc.post_warmup_state.rng_key, extra_fields=("diverging", "num_steps"))
+            mcmc.run(mcmc.post_warmup_state.rng_key, extra_fields=fields)
             ex = mcmc.get_extra_fields()
             ws.append(np.asarray(mcmc.get_samples()))
             div.append(np.asarray(ex["diverging"]))
             nst.append(np.asarray(ex["num_steps"]))
+            en.append(np.asarray(ex["energy"]))
+            acc.append(np.asarray(ex["accept_prob"]))
             done += n
             say(f"NUTS ({sampler}) {done}/{num_draws} draws, {time.perf_counter() - t1:.0f} s, "
                 f"divergences {int(sum(d.sum() for d in div))}")
@@ -483,6 +489,7 @@ def sample_nuts(
             @jax.jit
             def warm(key):
                 adapt = blackjax.window_adaptation(blackjax.nuts, logd,
+                                                   is_mass_matrix_diagonal=not dense_mass,
                                                    target_acceptance_rate=target_accept,
                                                    initial_step_size=step_size,
                                                    max_num_doublings=max_tree_depth)
@@ -518,7 +525,8 @@ def sample_nuts(
         def draw(state, keys):
             def step(st, kk):
                 st, info = kernel.step(kk, st)
-                return st, (st.position, info.is_divergent, info.num_integration_steps)
+                return st, (st.position, info.is_divergent, info.num_integration_steps,
+                            info.energy, info.acceptance_rate)
 
             return jax.lax.scan(step, state, keys)
 
@@ -527,16 +535,20 @@ def sample_nuts(
         while done < num_draws:
             n = min(chunk, num_draws - done)
             # the last chunk may be shorter: one more compilation, at most
-            state, (pos, d, ns) = draw(state, keys[done:done + n])
+            state, (pos, d, ns, e, a) = draw(state, keys[done:done + n])
             ws.append(np.asarray(pos))
             div.append(np.asarray(d))
             nst.append(np.asarray(ns))
+            en.append(np.asarray(e))
+            acc.append(np.asarray(a))
             done += n
             say(f"NUTS ({sampler}) {done}/{num_draws} draws, {time.perf_counter() - t1:.0f} s, "
                 f"divergences {int(sum(x.sum() for x in div))}")
         eps = float(eps)
     t2 = time.perf_counter()
     return {"w": np.concatenate(ws), "divergences": int(sum(d.sum() for d in div)),
+            "stats": {"diverging": np.concatenate(div), "n_steps": np.concatenate(nst),
+                      "energy": np.concatenate(en), "acceptance_rate": np.concatenate(acc)},
             "num_steps": np.concatenate(nst), "step_size": float(eps),
             "warmup_s": t1 - t0, "sample_s": t2 - t1}
 
@@ -544,7 +556,8 @@ def sample_nuts(
 def whitened_nuts(
     fitter, fit: dict[str, Any], *, sampler: str = "numpyro", seed: int = 0,
     num_warmup: int = 200, num_draws: int = 500, max_tree_depth: int = 6,
-    adapt_mass_matrix: bool = False, progress: Callable[[str], None] | None = None,
+    adapt_mass_matrix: bool = False, dense_mass: bool = False,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """NUTS on the joint posterior whitened by the block factor of a block-Laplace ``fit``.
 
@@ -556,7 +569,7 @@ def whitened_nuts(
     depth at most 6 (63 steps): a whitened Gaussian needs ~7, a deeper tree is the sign of a
     non-Gaussian direction, which the trajectory length of 63 steps of ~0.5 still crosses.
     Returns {"draws": physical sites, "x": flat draws, "divergences", "mean_steps",
-    "step_size", "nuts_s", "warmup_s", "sample_s", "num_steps"}.
+    "step_size", "nuts_s", "warmup_s", "sample_s", "num_steps", "stats"}.
     """
     bl: BlockLaplace = fitter._block
     F: _Factor = fit["block_factor"]
@@ -570,9 +583,11 @@ def whitened_nuts(
     t0 = time.perf_counter()
     out = sample_nuts(Uw, jnp.zeros(n_w, jnp.float32), sampler=sampler, seed=seed,
                       num_warmup=num_warmup, num_draws=num_draws, max_tree_depth=max_tree_depth,
-                      adapt_mass_matrix=adapt_mass_matrix, progress=progress)
+                      adapt_mass_matrix=adapt_mass_matrix, dense_mass=dense_mass,
+                      progress=progress)
     xs = np.asarray(jax.jit(jax.vmap(x_of_w))(jnp.asarray(out["w"], jnp.float32)))
     return {"draws": fitter.to_physical(xs), "x": xs, "divergences": out["divergences"],
             "mean_steps": float(out["num_steps"].mean()), "num_steps": out["num_steps"],
+            "stats": out["stats"],
             "step_size": out["step_size"], "warmup_s": out["warmup_s"],
             "sample_s": out["sample_s"], "nuts_s": time.perf_counter() - t0}
