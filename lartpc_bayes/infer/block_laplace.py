@@ -458,8 +458,10 @@ def sample_nuts(
         mcmc = MCMC(NUTS(potential_fn=potential, target_accept_prob=target_accept,
                          step_size=step_size, adapt_mass_matrix=adapt_mass_matrix,
                          dense_mass=dense_mass, max_tree_depth=max_tree_depth),
-                    num_warmup=num_warmup, num_samples=chunk, progress_bar=False)
+                    num_warmup=num_warmup, num_samples=chunk,
+                    progress_bar=progress is not None)  # the warm-up's tqdm bar, on stderr
         mcmc.warmup(key, init_params=w0, extra_fields=fields)
+        mcmc.progress_bar = False  # the draws report per chunk instead
         eps = float(mcmc.last_state.adapt_state.step_size)  # waits for the warm-up to finish
         t1 = time.perf_counter()
         say(f"NUTS ({sampler}) warm-up {num_warmup} in {t1 - t0:.0f} s, step size {eps:.3g}")
