@@ -7,8 +7,8 @@ Data as the scale study (``scale_study.sample``: 90 % generated cosmic muons, 10
 protons, Module 0, nominal parameters, every noise term). Fit: ``build_event_batch`` (latents every
 5 cm), ``LaplaceFitter(batch, hessian="block").fit()`` (MAP, block Hessian, 4000 Gaussian draws),
 then :func:`lartpc_bayes.infer.block_laplace.whitened_nuts` on the joint posterior whitened by the
-same block factor (one chain from the MAP; identity metric, step size adapted in warm-up by dual
-averaging, trees of at most 63 steps; progress printed every 50 draws).
+same block factor (one chain from the MAP; a dense metric and the step size adapted in warm-up,
+trees of at most 63 steps; progress printed every 50 draws).
 
 Criteria (issue 14): for every free parameter, ``|mean_NUTS - mean_Laplace| <= 0.3 sd_Laplace``
 and ``|sd_NUTS / sd_Laplace - 1| <= 0.15``. The Monte-Carlo error of the NUTS mean is
@@ -42,13 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--draws", type=int, default=400)
     ap.add_argument("--max-tree-depth", type=int, default=6)
-    ap.add_argument("--adapt-mass-matrix", action="store_true",
-                    help="adapt a diagonal metric in warm-up (default: identity, the target is "
-                         "whitened)")
-    ap.add_argument("--dense-mass", action="store_true",
-                    help="with --adapt-mass-matrix: a dense metric (the whitened target's "
-                         "residual correlations and skew-induced scale changes)")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--metric", choices=("identity", "diag", "dense"), default="dense",
+                    help="NUTS metric in the whitened space: identity, or adapted in warm-up "
+                         "(diagonal or dense; default dense, docs/scale.md)")
     a = ap.parse_args(argv)
 
     import arviz_stats  # noqa: F401
@@ -72,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"block Laplace: {t1 - t0:.0f} s, dim {fitter.dim}, {info}", flush=True)
     nuts = whitened_nuts(fitter, fit, sampler=a.sampler, seed=a.seed, num_warmup=a.warmup,
                          num_draws=a.draws, max_tree_depth=a.max_tree_depth,
-                         adapt_mass_matrix=a.adapt_mass_matrix, dense_mass=a.dense_mass,
+                         adapt_mass_matrix=a.metric != "identity",
+                         dense_mass=a.metric == "dense",
                          progress=lambda m: print(m, flush=True))
     steps = np.asarray(nuts["num_steps"])
     rows, ok = {}, True
@@ -97,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     doc = {"schema": SCHEMA, "machine": C.machine_info(), "git": C.git_state(),
            "versions": C.versions(), "problem": info, "dim": int(fitter.dim),
            "sampler": a.sampler, "warmup": a.warmup, "draws": a.draws,
-           "max_tree_depth": a.max_tree_depth, "adapt_mass_matrix": a.adapt_mass_matrix,
-           "dense_mass": a.dense_mass,
+           "max_tree_depth": a.max_tree_depth, "adapt_mass_matrix": a.metric != "identity",
+           "dense_mass": a.metric == "dense",
            "laplace_fit_s": t1 - t0, "nuts_s": nuts["nuts_s"], "warmup_s": nuts["warmup_s"],
            "sample_s": nuts["sample_s"], "step_size": nuts["step_size"],
            "divergences": nuts["divergences"], "mean_steps": nuts["mean_steps"],

@@ -4,7 +4,8 @@
   x(0) = x* and M M^T = H^{-1} for the Jacobian M, against the dense inverse of a random
   block-arrow Hessian (float32 map; tolerance 1e-4 of the largest covariance entry for a Hessian
   of condition ~10^2: float32 rounding ~1e-7 times the condition number times the dimension).
-* :func:`sample_nuts` samples a known Gaussian with both samplers: one chain of 400 draws after
+* :func:`sample_nuts` samples a known Gaussian with both samplers, with the identity metric and
+  with a dense one adapted in warm-up: one chain of 400 draws after
   150 warm-up, fixed seed. Criteria from the chain's own effective sample sizes (ArviZ): every
   mean within 4 Monte-Carlo standard errors sqrt(Sigma_ii / ESS), every variance within 4
   standard errors sqrt(2 / ESS(w^2)) relative, no divergence. A sampler that ignored the
@@ -60,8 +61,9 @@ def test_whitening_map_pushes_unit_normal_to_the_laplace_covariance():
     np.testing.assert_allclose(np.asarray(x_of_w(w)) - x_star, M @ np.asarray(w), atol=1e-5)
 
 
-@pytest.mark.parametrize("sampler", ["numpyro", "blackjax"])
-def test_sample_nuts_recovers_a_known_gaussian(sampler):
+@pytest.mark.parametrize(("sampler", "metric"), [("numpyro", "identity"), ("blackjax", "identity"),
+                                                 ("numpyro", "dense"), ("blackjax", "dense")])
+def test_sample_nuts_recovers_a_known_gaussian(sampler, metric):
     import arviz_stats  # noqa: F401  (registers the .azstats accessor)
     import xarray as xr
 
@@ -71,7 +73,8 @@ def test_sample_nuts_recovers_a_known_gaussian(sampler):
     cov = (Q * np.linspace(0.5, 2.0, d)) @ Q.T  # a nearly whitened target, as after whitening
     P = jnp.asarray(np.linalg.inv(cov), jnp.float32)
     out = sample_nuts(lambda w: 0.5 * w @ P @ w, jnp.zeros(d, jnp.float32), sampler=sampler,
-                      seed=3, num_warmup=150, num_draws=400, chunk=200)
+                      seed=3, num_warmup=150, num_draws=400, chunk=200,
+                      adapt_mass_matrix=metric == "dense", dense_mass=metric == "dense")
     w = out["w"]
     assert w.shape == (400, d)
     assert out["divergences"] == 0
