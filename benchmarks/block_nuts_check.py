@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                          adapt_mass_matrix=a.metric != "identity",
                          dense_mass=a.metric == "dense",
                          progress=lambda m: print(m, flush=True))
-    steps = np.asarray(nuts["num_steps"])
+    steps = nuts["stats"]["n_steps"]
     rows, ok = {}, True
     truth = card.nominal()
     for p in batch.free:

@@ -51,6 +51,8 @@ __all__ = ["BlockHessian", "BlockLaplace", "block_hessian", "sample_nuts", "whit
 #: ulps of |U| below which a predicted decrease is not resolved by evaluating the float32
 #: potential (a sum of ~10^4 channel terms rounds by a few ulp of the total): BlockLaplace.newton
 F32_NOISE_ULP = 8
+#: per-draw NUTS statistics of :func:`sample_nuts`, named as :func:`lartpc_bayes.infer.run_nuts`
+STAT_NAMES = ("diverging", "n_steps", "energy", "acceptance_rate")
 
 
 @dataclass
@@ -440,9 +442,8 @@ def sample_nuts(
     ``window_adaptation``), diagonal or, with ``dense_mass``, dense.
     ``progress`` (e.g. ``print``) gets a line per ``chunk`` draws: the sampling runs in jitted
     chunks, so a long chain reports where it is. Returns {"w": (num_draws, dim) draws,
-    "divergences", "num_steps" (num_draws,), "stats" (per draw: diverging, n_steps, energy,
-    acceptance_rate; the names of :func:`lartpc_bayes.infer.run_nuts`), "step_size",
-    "warmup_s", "sample_s"}.
+    "divergences", "stats" (per draw: :data:`STAT_NAMES`, the names of
+    :func:`lartpc_bayes.infer.run_nuts`), "step_size", "warmup_s", "sample_s"}.
     """
     if sampler not in ("numpyro", "blackjax"):
         raise ValueError(f"sampler must be 'numpyro' or 'blackjax', got {sampler!r}")
@@ -450,8 +451,9 @@ def sample_nuts(
     w0 = jnp.asarray(w0)
     key = jax.random.key(seed)
     t0 = time.perf_counter()
-    ws, div, nst, en, acc = [], [], [], [], []
-    fields = ("diverging", "num_steps", "energy", "accept_prob")
+    ws: list[np.ndarray] = []
+    stats: dict[str, list[np.ndarray]] = {name: [] for name in STAT_NAMES}
+    fields = ("diverging", "num_steps", "energy", "accept_prob")  # NumPyro's, as STAT_NAMES
     if sampler == "numpyro":
         from numpyro.infer import MCMC, NUTS
 
@@ -465,21 +467,13 @@ def sample_nuts(
         eps = float(mcmc.last_state.adapt_state.step_size)  # waits for the warm-up to finish
         t1 = time.perf_counter()
         say(f"NUTS ({sampler}) warm-up {num_warmup} in {t1 - t0:.0f} s, step size {eps:.3g}")
-        done = 0
-        while done < num_draws:
-            n = min(chunk, num_draws - done)
+
+        def run_chunk(done, n):
             mcmc.num_samples = n
             mcmc.post_warmup_state = mcmc.last_state
             mcmc.run(mcmc.post_warmup_state.rng_key, extra_fields=fields)
             ex = mcmc.get_extra_fields()
-            ws.append(np.asarray(mcmc.get_samples()))
-            div.append(np.asarray(ex["diverging"]))
-            nst.append(np.asarray(ex["num_steps"]))
-            en.append(np.asarray(ex["energy"]))
-            acc.append(np.asarray(ex["accept_prob"]))
-            done += n
-            say(f"NUTS ({sampler}) {done}/{num_draws} draws, {time.perf_counter() - t1:.0f} s, "
-                f"divergences {int(sum(d.sum() for d in div))}")
+            return mcmc.get_samples(), [ex[f] for f in fields]
     else:
         import blackjax
 
@@ -533,26 +527,28 @@ def sample_nuts(
             return jax.lax.scan(step, state, keys)
 
         keys = jax.random.split(k_draw, num_draws)
-        done = 0
-        while done < num_draws:
-            n = min(chunk, num_draws - done)
+
+        def run_chunk(done, n):
+            nonlocal state
             # the last chunk may be shorter: one more compilation, at most
-            state, (pos, d, ns, e, a) = draw(state, keys[done:done + n])
-            ws.append(np.asarray(pos))
-            div.append(np.asarray(d))
-            nst.append(np.asarray(ns))
-            en.append(np.asarray(e))
-            acc.append(np.asarray(a))
-            done += n
-            say(f"NUTS ({sampler}) {done}/{num_draws} draws, {time.perf_counter() - t1:.0f} s, "
-                f"divergences {int(sum(x.sum() for x in div))}")
+            state, (pos, *st) = draw(state, keys[done:done + n])
+            return pos, st
+
         eps = float(eps)
+    done = 0
+    while done < num_draws:
+        n = min(chunk, num_draws - done)
+        w, st = run_chunk(done, n)
+        ws.append(np.asarray(w))
+        for name, v in zip(STAT_NAMES, st, strict=True):
+            stats[name].append(np.asarray(v))
+        done += n
+        say(f"NUTS ({sampler}) {done}/{num_draws} draws, {time.perf_counter() - t1:.0f} s, "
+            f"divergences {int(sum(d.sum() for d in stats['diverging']))}")
     t2 = time.perf_counter()
-    return {"w": np.concatenate(ws), "divergences": int(sum(d.sum() for d in div)),
-            "stats": {"diverging": np.concatenate(div), "n_steps": np.concatenate(nst),
-                      "energy": np.concatenate(en), "acceptance_rate": np.concatenate(acc)},
-            "num_steps": np.concatenate(nst), "step_size": float(eps),
-            "warmup_s": t1 - t0, "sample_s": t2 - t1}
+    out = {name: np.concatenate(v) for name, v in stats.items()}
+    return {"w": np.concatenate(ws), "divergences": int(out["diverging"].sum()), "stats": out,
+            "step_size": float(eps), "warmup_s": t1 - t0, "sample_s": t2 - t1}
 
 
 def whitened_nuts(
@@ -571,7 +567,7 @@ def whitened_nuts(
     against 6.5 s (step 0.17, 31 steps) with the dense one (both beside other jobs). Trees of
     at most 63 steps.
     Returns {"draws": physical sites, "x": flat draws, "divergences", "mean_steps",
-    "step_size", "nuts_s", "warmup_s", "sample_s", "num_steps", "stats"}.
+    "step_size", "nuts_s", "warmup_s", "sample_s", "stats"} (stats as :func:`sample_nuts`).
     """
     bl: BlockLaplace = fitter._block
     F: _Factor = fit["block_factor"]
@@ -589,7 +585,6 @@ def whitened_nuts(
                       progress=progress)
     xs = np.asarray(jax.jit(jax.vmap(x_of_w))(jnp.asarray(out["w"], jnp.float32)))
     return {"draws": fitter.to_physical(xs), "x": xs, "divergences": out["divergences"],
-            "mean_steps": float(out["num_steps"].mean()), "num_steps": out["num_steps"],
-            "stats": out["stats"],
+            "mean_steps": float(out["stats"]["n_steps"].mean()), "stats": out["stats"],
             "step_size": out["step_size"], "warmup_s": out["warmup_s"],
             "sample_s": out["sample_s"], "nuts_s": time.perf_counter() - t0}

@@ -594,6 +594,24 @@ def _fit_result(fit: dict[str, Any], importance: bool, map_values: dict, pseudo,
     )
 
 
+def _block_fit(batch, *, seed: int, maxiter: int, num_draws: int, importance: bool,
+               log: Callable[[str], None] | None):
+    """The block-arrow Laplace fit of a run shared by :func:`run_laplace_block` and
+    :func:`run_nuts_block`: (fitter, fit dict, Hessian pseudo-correlation from theta's block by
+    the chain rule, the info both results carry)."""
+    from .common import pseudo_correlation_from_theta_block
+
+    fitter = LaplaceFitter(batch, maxiter=maxiter, hessian="block")
+    fit = fitter.fit(seed=seed, num_draws=num_draws, importance=importance, log=log)
+    _raise_unless_ok(fit)
+    pseudo = pseudo_correlation_from_theta_block(
+        batch.card, list(batch.free), np.asarray(fit["x_map"], np.float64)[: batch.k],
+        fit["hessian_theta"], fit["grad_theta"])
+    info = {"cov": fit["cov_theta"], "hessian": "block",
+            "groups": [list(g) for bk in batch.buckets for g in bk.group_events]}
+    return fitter, fit, pseudo, info
+
+
 def run_laplace_block(
     batch,
     *,
@@ -609,18 +627,9 @@ def run_laplace_block(
     result feeds the same posterior-predictive checks and DataTree; the Hessian
     pseudo-correlation from theta's block by the chain rule. ``info["cov"]`` is theta's marginal
     covariance (k, k, unconstrained), not the dense one."""
-    from .common import pseudo_correlation_from_theta_block
-
-    fitter = LaplaceFitter(batch, maxiter=maxiter, hessian="block")
-    fit = fitter.fit(seed=seed, num_draws=num_samples, importance=importance, log=log)
-    _raise_unless_ok(fit)
-    pseudo = pseudo_correlation_from_theta_block(
-        batch.card, list(batch.free), np.asarray(fit["x_map"], np.float64)[: batch.k],
-        fit["hessian_theta"], fit["grad_theta"])
-    return _fit_result(fit, importance, dict(fit["map"]), pseudo, {
-        "cov": fit["cov_theta"], "hessian": "block",
-        "groups": [list(g) for bk in batch.buckets for g in bk.group_events]})
-
+    _, fit, pseudo, info = _block_fit(batch, seed=seed, maxiter=maxiter, num_draws=num_samples,
+                                      importance=importance, log=log)
+    return _fit_result(fit, importance, dict(fit["map"]), pseudo, info)
 
 
 def run_nuts_block(
@@ -642,14 +651,9 @@ def run_nuts_block(
     ``info`` keeps the Laplace fit's (MAP, theta covariance, pseudo-correlation) beside the
     chains' step sizes."""
     from .block_laplace import whitened_nuts
-    from .common import pseudo_correlation_from_theta_block
 
-    fitter = LaplaceFitter(batch, maxiter=maxiter, hessian="block")
-    fit = fitter.fit(seed=seed, num_draws=200, log=log)
-    _raise_unless_ok(fit)
-    pseudo = pseudo_correlation_from_theta_block(
-        batch.card, list(batch.free), np.asarray(fit["x_map"], np.float64)[: batch.k],
-        fit["hessian_theta"], fit["grad_theta"])
+    fitter, fit, pseudo, info = _block_fit(batch, seed=seed, maxiter=maxiter, num_draws=200,
+                                           importance=False, log=log)
     t0 = time.perf_counter()
     chains = []
     for c in range(num_chains):
@@ -665,9 +669,7 @@ def run_nuts_block(
         map_values=dict(fit["map"]),
         timings={"fit_s": fit["map_s"] + fit["hessian_s"] + time.perf_counter() - t0,
                  "nuts_s": time.perf_counter() - t0},
-        info={"hessian_pseudo": pseudo, "cov": fit["cov_theta"], "hessian": "block",
-              "whitened": True, "num_chains": num_chains, "num_warmup": num_warmup,
-              "step_size": [ch["step_size"] for ch in chains],
-              "unconstrained_map": fit["x_map"], "final_potential": fit["potential"],
-              "groups": [list(g) for bk in batch.buckets for g in bk.group_events]},
+        info={**info, "hessian_pseudo": pseudo, "whitened": True, "num_chains": num_chains,
+              "num_warmup": num_warmup, "step_size": [ch["step_size"] for ch in chains],
+              "unconstrained_map": fit["x_map"], "final_potential": fit["potential"]},
     )
