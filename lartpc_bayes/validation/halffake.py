@@ -137,6 +137,12 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    if not a.summary:  # provenance of the campaign: commit and versions (one file per start)
+        from .records import _atomic_write_json, versions
+
+        _atomic_write_json(out / f"config_seeds{a.seeds}.json",
+                           {"seeds": a.seeds, "length_cm": a.length, "min_angle_deg": a.min_angle,
+                            "versions": versions()})
     if a.summary:
         print(summarize(out))
         return 0
