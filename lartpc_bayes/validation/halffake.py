@@ -95,6 +95,37 @@ def run_seed(seed: int, out: Path, length_cm: float, min_angle_deg: float,
         print(f"seed {seed} {f}: ok={rec['ok']} {rec['time_s']:.0f} s", flush=True)
 
 
+def plot_tracks(seeds: list[int], path: Path, length_cm: float, min_angle_deg: float,
+                max_tracks: int = 3) -> Path:
+    """One PNG of reconstructed against true tracks of the campaign's data: the ``max_tracks``
+    longest selected tracks of each seed stacked (:func:`lartpc_bayes.reco.evaluate.
+    plot_reco_vs_true` per seed, then the images joined)."""
+    import matplotlib.image as mpimg
+
+    from ..reco.evaluate import plot_reco_vs_true
+    from ..reco.pipeline import reconstruct
+    from ..results.plots import _save, plt
+
+    parts = []
+    for s in seeds:
+        card, _, segs, hits = make_data(s, length_cm, min_angle_deg)
+        res = reconstruct(hits, card)
+        parts.append(plot_reco_vs_true(card, segs, res, path.with_name(f"{path.stem}_{s}.png"),
+                                       max_tracks=max_tracks, title=f"half-fake seed {s}"))
+    imgs = [mpimg.imread(p) for p in parts]
+    width = max(i.shape[1] for i in imgs)
+    fig, axs = plt.subplots(len(imgs), 1, figsize=(8.0, sum(i.shape[0] for i in imgs) / 110),
+                            squeeze=False)
+    for ax, im in zip(axs[:, 0], imgs, strict=True):
+        ax.imshow(im[:, :width])
+        ax.axis("off")
+    fig.subplots_adjust(hspace=0.02, left=0, right=1, top=1, bottom=0)
+    out = _save(fig, path)
+    for p in parts:
+        p.unlink()
+    return out
+
+
 def summarize(out: Path) -> str:
     """Markdown table: shift (b)-(a), (c)-(a) in sd of (a), sd ratio (c)/(a), 90 % coverage."""
     recs: dict[int, dict[str, dict]] = {}
@@ -134,9 +165,16 @@ def main(argv=None) -> int:
     ap.add_argument("--min-angle", type=float, default=60.0)
     ap.add_argument("--out", default="out/halffake")
     ap.add_argument("--summary", action="store_true")
+    ap.add_argument("--plot", metavar="PNG", help="instead: reconstructed vs true tracks of the "
+                    "seeds (e.g. docs/figures/halffake_tracks.png)")
     a = ap.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    lo, _, hi = a.seeds.partition("-")
+    seeds = list(range(int(lo), int(hi or lo) + 1))
+    if a.plot:
+        print(plot_tracks(seeds, Path(a.plot), a.length, a.min_angle))
+        return 0
     if not a.summary:  # provenance of the campaign: commit and versions (one file per start)
         from .records import _atomic_write_json, versions
 
@@ -146,8 +184,7 @@ def main(argv=None) -> int:
     if a.summary:
         print(summarize(out))
         return 0
-    lo, _, hi = a.seeds.partition("-")
-    for s in range(int(lo), int(hi or lo) + 1):
+    for s in seeds:
         run_seed(s, out, a.length, a.min_angle)
     print(summarize(out))
     return 0
