@@ -73,6 +73,22 @@ def test_reco_recovers_generated_muons(card, muons):
     assert np.all(res.segments.dx <= 1.5 * card.geometry.pixel_pitch_cm)
 
 
+def test_reco_vs_true_plot_shows_matched_tracks(card, muons, tmp_path):
+    """The half-fake figure: one row per matched track, written as a PNG (issue 13 item 4)."""
+    import matplotlib.image as mpimg
+
+    from lartpc_bayes.reco.evaluate import plot_reco_vs_true
+
+    segs, hits = muons
+    res = reconstruct(hits, card)
+    out = plot_reco_vs_true(card, segs, res, tmp_path / "tracks.png", max_tracks=2)
+    img = mpimg.imread(out)
+    assert img.shape[0] > img.shape[1] * 0.5  # two rows of (plane, drift) panels
+    with pytest.raises(ValueError, match="no reconstructed track"):
+        plot_reco_vs_true(card, segs._replace(event_id=segs.event_id + 1000), res,
+                          tmp_path / "none.png")
+
+
 def test_reco_file_is_atomic_and_readable(card, muons, tmp_path):
     from lartpc_bayes.reco.io import read_reco, write_reco
 
