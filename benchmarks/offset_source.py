@@ -15,6 +15,9 @@ Variants:
   (straggling below the latent in the charge mark only);
 * ``flat``: every segment's dE replaced by its track's mean dE/dx times its length (the data then
   have no fluctuation below the latent) and the model without the straggling term;
+* ``landau-fine``: the generator's segments, fitted with latents of FINE_LATENT_CM (about one
+  0.4 cm segment each, the published split-t's scale, with the per-length prior) and no
+  straggling term: the fluctuations are then latents themselves, in the trigger and in the mark;
 * ``flat-converged``: ``flat`` with the readout likelihood at converged settings (16 Gauss-Hermite
   nodes, no lag band, exact ADC-bin marks), to see whether what is left is the readout's
   approximations.
@@ -38,7 +41,9 @@ import fit_memory as FM
 SCHEMA = "lartpc_bayes.benchmarks.offset_source/1"
 DEFAULT_OUT = C.RESULTS / "offset_source.json"
 LENGTH_CM = 150.0
-VARIANTS = ("landau", "flat", "flat-converged")
+VARIANTS = ("landau", "flat", "flat-converged", "landau-fine")
+#: latent length of the ``landau-fine`` variant, cm: about one generated segment per latent
+FINE_LATENT_CM = 0.5
 
 
 def fit_one(seed: int, variant: str, length_cm: float = LENGTH_CM) -> dict:
@@ -64,11 +69,13 @@ def fit_one(seed: int, variant: str, length_cm: float = LENGTH_CM) -> dict:
     hits, _ = simulate_hits(jax.random.key(seed), card, seg, DetectorParams.from_dict(truth))
     cfg = (LikelihoodConfig(n_nodes=16, max_lag=0, mark="exact")
            if variant == "flat-converged" else None)
-    problem = build_problem(card, seg, hits, latent_length_cm=5.0,
+    fine = variant == "landau-fine"
+    problem = build_problem(card, seg, hits, latent_length_cm=FINE_LATENT_CM if fine else 5.0,
                             charge_fluctuations=variant == "landau", likelihood=cfg)
     t0 = time.perf_counter()
     fit = LaplaceFitter(problem).fit(seed=seed, num_draws=2000)
     out = {"seed": seed, "variant": variant, "length_cm": float(seg.dx.sum()),
+           "n_latents": int(problem.n_latent),
            "ok": bool(fit["ok"]), "fit_s": time.perf_counter() - t0, "pulls": {}}
     if fit["ok"]:
         for p in PARAM_NAMES:
