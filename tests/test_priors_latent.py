@@ -83,3 +83,79 @@ def test_build_problem_uses_per_length_prior(card):
     assert pb0.prior == MIP_PRIOR and pb0.charge_straggling is None
     with pytest.raises(ValueError, match="latent_prior"):
         build_problem(card, seg, None, latent_prior="bogus")
+
+
+def _mip_segment_sample(card, dx: float, n: int, seed: int):
+    """dE/dx (MeV/cm) of n generated 0.4-0.8 cm MIP segments (4 GeV/c muons), as the generator
+    draws them (truncated Landau), and the card's nominal yield h(x) = R(x) x."""
+    import jax.numpy as jnp
+
+    from lartpc_bayes.detector.physics import recombination
+    from lartpc_bayes.forward import energy_loss as el
+
+    rho = card.physics.lar_density_g_cm3
+    bg = 4000.0 / el.MUON_MASS_MEV
+    mpv, xi = el.landau_vavilov_mpv_loss(bg, dx, rho), el.landau_xi(bg, dx, rho)
+    cut = min(el.delta_ray_cut_for_thickness(dx, rho), el.max_energy_transfer(bg, el.MUON_MASS_MEV))
+    X = el.sample_truncated_landau(np.random.default_rng(seed), np.full(n, mpv), np.full(n, xi),
+                                   np.full(n, mpv + cut)) / dx
+    par = _nominal(card)
+
+    def h(x):
+        return np.asarray(recombination(jnp.asarray(x), par, card.physics), np.float64) * x
+
+    return X, h, bg
+
+
+def _nominal(card):
+    import jax.numpy as jnp
+
+    from lartpc_bayes.detector import PARAM_NAMES
+    from lartpc_bayes.detector.physics import DetectorParams
+
+    return DetectorParams(*(jnp.asarray(card.nominal()[p], jnp.float32) for p in PARAM_NAMES))
+
+
+@pytest.mark.parametrize("dx", [0.4, 0.8])
+def test_charge_cumulant_ratios_match_monte_carlo(card, dx):
+    """Recombination compresses the Landau tail: the exact ratios kappa_n(h(X)) / (h'(m)^n
+    kappa_n(X)) against 10^6 generated segments. Measured: the MC estimate spreads by 0.05 % (r_2)
+    and 0.08 % (r_3) over seeds, the quadrature sits 0.14 % from the MC mean (the grid's
+    midpoint rule); tolerances 0.5 % and 1 %."""
+    from lartpc_bayes.forward.latent_prior import charge_cumulant_ratios
+
+    X, h, bg = _mip_segment_sample(card, dx, 1_000_000, 5)
+    r2, r3 = charge_cumulant_ratios(np.array([dx]), bg, card.physics.lar_density_g_cm3, h)
+    m = X.mean()
+    eps = 1e-4 * m
+    h1 = (h(np.array([m + eps]))[0] - h(np.array([m - eps]))[0]) / (2 * eps)
+    q = h(X)
+    mc2 = q.var() / (h1**2 * X.var())
+    mc3 = ((q - q.mean()) ** 3).mean() / (h1**3 * ((X - m) ** 3).mean())
+    assert r2[0] == pytest.approx(mc2, rel=0.005)
+    assert r3[0] == pytest.approx(mc3, rel=0.01)
+    assert 0.8 < r2[0] < 0.95 and 0.6 < r3[0] < 0.85  # the tail really is compressed
+
+
+def test_straggled_dedx_gives_the_mean_charge_of_fluctuating_segments(card):
+    """E[h(X)] = h(straggled_dEdx(m, cumulants)) for generated 0.4 cm MIP segments: the charge
+    deficit (0.65 %) to 4 MC sd (sd(h)/mean/sqrt(n) = 2.3e-4 at n = 10^6)."""
+    import jax.numpy as jnp
+
+    from lartpc_bayes.forward.latent_prior import segment_dedx_cumulants
+    from lartpc_bayes.model import straggled_dEdx
+
+    X, h, bg = _mip_segment_sample(card, 0.4, 1_000_000, 6)
+    m = X.mean()
+    var, k3 = segment_dedx_cumulants(np.array([0.4]), np.array([bg]),
+                                     card.physics.lar_density_g_cm3)
+    eff = straggled_dEdx(jnp.array([m], jnp.float32), jnp.array([[var[0], k3[0]]], jnp.float32),
+                         _nominal(card), card.physics)
+    mc = h(X).mean() / h(np.array([m]))[0]
+    model = h(np.asarray(eff, np.float64))[0] / h(np.array([m]))[0]
+    assert mc < 0.996  # a real deficit
+    assert model == pytest.approx(mc, abs=4 * 2.3e-4)
+    # no cumulants: the identity
+    same = straggled_dEdx(jnp.array([m], jnp.float32), jnp.zeros((1, 2), jnp.float32),
+                          _nominal(card), card.physics)
+    assert float(same[0]) == pytest.approx(m, rel=1e-6)

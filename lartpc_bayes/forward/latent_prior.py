@@ -294,6 +294,54 @@ def segment_dedx_cumulants(
     return var / d**2, k3 / d**3
 
 
+def charge_cumulant_ratios(
+    dx_cm, beta_gamma, density: float, yield_fn, *, mass_MeV: float = el.MUON_MASS_MEV,
+    delta_ray_cut_MeV: float | None = None, n_dx: int = 33,
+) -> tuple[np.ndarray, np.ndarray]:
+    """How recombination reshapes a through-going segment's straggling (issue 12).
+
+    A segment's electrons are ``h(X) dx`` with X its dE/dx and ``h(x) = R(x) x`` the yield
+    (``yield_fn``, vectorised, MeV/cm -> electrons-equivalent per cm at fixed parameters). R
+    falls with x (Birks, Box), so h is concave: the Landau tail of X is compressed in the charge.
+    The linear propagation of :func:`channel_charge_straggling` uses ``h'(m)^n kappa_n(X)``;
+    this returns the exact ratios ``r_n = kappa_n(h(X)) / (h'(m)^n kappa_n(X))`` (n = 2, 3, m =
+    E[X]) by integrating the truncated Landau of :func:`segment_dedx_cumulants` on the dense
+    grid of the package's Landau tables, on ``n_dx`` segment lengths spanning ``dx_cm``
+    (interpolated between them; the ratios are smooth in dx). A 0.4 cm MIP segment at the
+    Module-0 nominal Birks parameters: r_2 = 0.87 (sd 7 % below the linear one), r_3 = 0.73.
+    """
+    dx = np.asarray(dx_cm, np.float64)
+    if dx.size == 0:
+        return np.ones(0), np.ones(0)
+    bg = float(np.mean(beta_gamma))
+    grid = np.unique(np.linspace(max(dx.min(), 1e-3), max(dx.max(), 1e-3), n_dx))
+    xs, cdf, *_ = el._landau_moment_tables()
+    pdf_w = np.diff(cdf)  # probability of each grid cell (midpoint rule in the CDF)
+    xm = 0.5 * (xs[1:] + xs[:-1])
+    r2, r3 = np.ones(grid.size), np.ones(grid.size)
+    for i, d in enumerate(grid):
+        mpv = float(el.landau_vavilov_mpv_loss(bg, d, density))
+        xi = float(el.landau_xi(bg, d, density))
+        wmax = float(el.max_energy_transfer(bg, mass_MeV))
+        t_cut = (float(el.delta_ray_cut_for_thickness(d, density)) if delta_ray_cut_MeV is None
+                 else float(delta_ray_cut_MeV))
+        loc, scale = el.landau_loc_scale(mpv, xi)
+        x_hi = (mpv + min(t_cut, wmax) - float(loc)) / float(scale)
+        keep = xm <= x_hi
+        w = pdf_w[keep] / pdf_w[keep].sum()
+        X = np.maximum(float(loc) + float(scale) * xm[keep], 0.0) / d  # dE/dx, MeV/cm
+        m = w @ X
+        hX = np.asarray(yield_fn(X), np.float64)
+        eps = 1e-4 * m
+        h1 = (float(yield_fn(np.array([m + eps]))[0]) - float(yield_fn(np.array([m - eps]))[0])) \
+            / (2 * eps)
+        k2x, k3x = w @ (X - m) ** 2, w @ (X - m) ** 3
+        hm = w @ hX
+        r2[i] = (w @ (hX - hm) ** 2) / (h1**2 * k2x)
+        r3[i] = (w @ (hX - hm) ** 3) / (h1**3 * k3x)
+    return np.interp(dx, grid, r2), np.interp(dx, grid, r3)
+
+
 def segment_dedx_variance(dx_cm, beta_gamma, density: float, **kw) -> np.ndarray:
     """Var(dE/dx) of single segments (MeV/cm)^2 (:func:`segment_dedx_cumulants`)."""
     return segment_dedx_cumulants(dx_cm, beta_gamma, density, **kw)[0]

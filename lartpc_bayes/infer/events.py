@@ -75,6 +75,7 @@ from ..model import (
     latent_segments,
     residual_range_energy,
     stopping_tracks,
+    straggled_dEdx,
 )
 
 __all__ = ["EventBatch", "EventBucket", "build_event_batch", "event_mesh", "split_events"]
@@ -110,6 +111,7 @@ class EventData(NamedTuple):
     weight: jax.Array  # (E,) 1 real event, 0 padding event
     prior: tuple[jax.Array, ...]  # (E, L) each: split-t loc, s_left, s_right, nu_left, nu_right
     straggling: tuple[jax.Array, ...] | None  # per window class (E, C, 2) charge straggling
+    seg_cumulants: jax.Array | None = None  # (E, N, 2) segment dE/dx cumulants (straggled_dEdx)
 
 
 @dataclass
@@ -189,7 +191,9 @@ def _event_arrays(pb: CalibrationProblem, mass: float | None):
     if st is not None and any(m != mass for m in st.mass_MeV):
         raise ValueError("the event-batched potential supports stopping tracks of one mass "
                          f"({mass} MeV); found {sorted(set(st.mass_MeV))}")
+    cum = getattr(pb, "segment_cumulants", None)
     return dict(sub=sub, by_w=by_w, prior=prior, seg_latent=np.maximum(pb.seg_to_latent, 0),
+                seg_cum=None if cum is None else np.asarray(cum, np.float64),
                 seg_stop=seg_stop, r_near=st.r_near if st is not None else np.zeros(n),
                 r_far=st.r_far if st is not None else np.ones(n), n_latent=pb.n_latent,
                 n_stop=st.n if st is not None else 0, n_outside=pb.n_outside,
@@ -215,6 +219,9 @@ def _stack_bucket(arrs: list[dict], weights: list[float], M: int, base: Likeliho
     lat_mask, stop_mask, n_out = [], [], []
     priors = {k: [] for k in _PRIOR_KEYS}
     has_rel = any(a["by_w"][w][2] is not None for a in arrs for w in a["by_w"])
+    has_cum = any(a["seg_cum"] is not None for a in arrs)
+    cums = [_pad(a["seg_cum"] if a["seg_cum"] is not None else np.zeros((a["seg_latent"].size, 2)),
+                 N, 0.0) for a in arrs]
     rels = {w: [] for w in windows}
     for a in arrs:
         for k in SubPoints._fields:
@@ -261,7 +268,8 @@ def _stack_bucket(arrs: list[dict], weights: list[float], M: int, base: Likeliho
                      f(fields["r_near"]), f(fields["r_far"]), f(lat_mask), f(stop_mask),
                      f(n_out), jnp.asarray(weights, dtype),
                      tuple(f(priors[k]) for k in _PRIOR_KEYS),
-                     tuple(f(rels[w]) for w in windows) if has_rel else None)
+                     tuple(f(rels[w]) for w in windows) if has_rel else None,
+                     f(cums) if has_cum else None)
     table = jnp.asarray(np.stack(tables), jnp.int32)
     return data, table, replace(base, max_hits=max_hits), L, T
 
@@ -350,6 +358,8 @@ class EventBatch:
         dEdx = jnp.maximum(dEdx, 1e-3)
         th = self.theta_physical(theta_u)
         params = DetectorParams(*(th[p] for p in PARAM_NAMES))
+        if ev.seg_cumulants is not None:  # padding segments have zero cumulants: unchanged
+            dEdx = straggled_dEdx(dEdx, ev.seg_cumulants, params, self.card.physics)
         charges = expected_charge((ev.sub, ev.buckets), dEdx, params, self.card)
         rel = {} if ev.straggling is None else {"charge_straggling": ev.straggling}
         ll = log_likelihood(charges, ev.buckets, table, ev.n_outside, self.card.electronics,
