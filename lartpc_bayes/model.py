@@ -334,7 +334,10 @@ def build_problem(
     if charge_fluctuations:
         problem.charge_straggling = charge_straggling(problem, segments, generator_config)
         _, var, k3, _ = segment_straggling(problem, segments, generator_config)
-        problem.segment_cumulants = np.stack([var, k3], 1)
+        # around the latent's mean m_j = sum w_s X_s: X_s - m_j has variance ~ (1 - w_s) Var_s
+        # and third cumulant ~ (1 - w_s)^3 kappa3_s (the other segments' share is O(w^2))
+        w = latent_weights(segments, s2l, n_lat)
+        problem.segment_cumulants = np.stack([var * (1 - w), k3 * (1 - w) ** 3], 1)
     return problem
 
 
@@ -438,7 +441,21 @@ def charge_straggling(problem: CalibrationProblem, segments: Segments,
         var, k3 = var.copy(), k3.copy()
         var[mip] *= r2
         k3[mip] *= r3
-    return channel_charge_straggling(problem.plan, card, dedx, var, params, k3_dEdx_seg=k3)
+    s2l = problem.seg_to_latent
+    return channel_charge_straggling(problem.plan, card, dedx, var, params, k3_dEdx_seg=k3,
+                                     seg_to_latent=s2l,
+                                     latent_weight=latent_weights(segments, s2l,
+                                                                  problem.n_latent))
+
+
+def latent_weights(segments: Segments, seg_to_latent: np.ndarray, n_latent: int) -> np.ndarray:
+    """(n_segments,) w_s = dx_s / (length of its latent): the latent is the dx-weighted mean
+    ``m_j = sum_{s in j} w_s X_s`` of its segments' dE/dx; 0 for segments without a latent."""
+    ok = seg_to_latent >= 0
+    L = latent_lengths(segments, seg_to_latent, n_latent)
+    w = np.zeros(segments.n)
+    w[ok] = segments.dx[ok] / np.maximum(L[seg_to_latent[ok]], 1e-9)
+    return w
 
 
 def latent_scale(prior: dict[str, float]) -> float:

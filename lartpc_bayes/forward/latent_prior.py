@@ -349,14 +349,24 @@ def segment_dedx_variance(dx_cm, beta_gamma, density: float, **kw) -> np.ndarray
 
 def channel_charge_straggling(
     plan, card, dEdx_seg: np.ndarray, var_dEdx_seg: np.ndarray, params, chunk: int = 64,
-    k3_dEdx_seg: np.ndarray | None = None,
+    k3_dEdx_seg: np.ndarray | None = None, seg_to_latent: np.ndarray | None = None,
+    latent_weight: np.ndarray | None = None,
 ) -> tuple[np.ndarray, ...]:
     """Per bucket, (C, 2): each channel's relative charge sd f_c and relative third cumulant
-    k_c from the independent straggling of its segments, ``f_c^2 = sum_s J_cs^2 Var_s / Q_c^2``,
-    ``k_c = sum_s J_cs^3 kappa3_s / Q_c^3`` with ``J_cs = dQ_c/dEdx_s`` the Jacobian of
-    :func:`lartpc_bayes.forward.charge.expected_charge` at ``dEdx_seg`` and ``params``
-    (forward-mode, ``chunk`` segments at a time). 0 for channels with no charge; k_c = 0 without
-    ``k3_dEdx_seg``. The pixel's skewness is ``k_c / f_c^3``."""
+    k_c from the independent straggling of its segments around what the model predicts,
+    ``f_c^2 = sum_s a_cs^2 Var_s / Q_c^2``, ``k_c = sum_s a_cs^3 kappa3_s / Q_c^3``.
+
+    ``J_cs = dQ_c/dEdx_s`` is the Jacobian of :func:`lartpc_bayes.forward.charge.expected_charge`
+    at ``dEdx_seg`` and ``params`` (forward mode, ``chunk`` tangents at a time). Without latents
+    ``a = J``. With ``seg_to_latent`` (latent of each segment, -1 for none) and
+    ``latent_weight`` (w_s = dx_s / the latent's length) the model predicts the charge from the
+    latent's mean ``m_j = sum_{s in j} w_s X_s``, so the channel sees only the deviations
+    ``X_s - m_j``: ``delta Q_c = sum_s J_cs (X_s - m_j(s)) = sum_s a_cs X_s`` with the demeaned
+    Jacobian ``a_cs = J_cs - w_s sum_{s' in j(s)} J_cs'``. A pixel fed by a large part of one
+    latent keeps little of its segments' scatter (measured on the 100 cm demo sample against 300
+    regenerations of every segment's dE: without the demeaning the model's quantiles of the channel
+    charge were 18 % too wide). 0 for channels with no charge; k_c = 0 without ``k3_dEdx_seg``.
+    The pixel's skewness is ``k_c / f_c^3``."""
     import jax
     import jax.numpy as jnp
 
@@ -369,32 +379,40 @@ def channel_charge_straggling(
     def final(x):
         return tuple(Q[:, -1] for Q, _ in expected_charge(device, x, params, card))
 
+    @jax.jit
+    def jvps(T):  # (k, n) tangents -> per bucket (k, C) directional derivatives
+        return jax.vmap(lambda t: jax.jvp(final, (x0,), (t,))[1])(T)
+
+    def rows(T):
+        return [np.asarray(r, np.float64) for r in jvps(jnp.asarray(T, jnp.float32))]
+
     q0 = [np.asarray(q, np.float64) for q in jax.jit(final)(x0)]
     acc2 = [np.zeros_like(q) for q in q0]
     acc3 = [np.zeros_like(q) for q in q0]
-    sd = np.sqrt(np.asarray(var_dEdx_seg, np.float64))
-    # skewness of each segment: kappa3 / sd^3 (the tangent below carries J sd)
-    skew = (np.zeros(n) if k3_dEdx_seg is None
-            else np.asarray(k3_dEdx_seg, np.float64) / np.maximum(sd, 1e-30) ** 3)
-
-    @jax.jit
-    def block(idx, w):
-        def one(i, wi):
-            t = jnp.zeros(n, jnp.float32).at[i].set(wi)
-            return jax.jvp(final, (x0,), (t,))[1]
-
-        return jax.vmap(one)(idx, w)
-
+    var = np.asarray(var_dEdx_seg, np.float64)
+    k3 = np.zeros(n) if k3_dEdx_seg is None else np.asarray(k3_dEdx_seg, np.float64)
+    lat = np.full(n, -1) if seg_to_latent is None else np.asarray(seg_to_latent)
+    w_lat = np.zeros(n) if latent_weight is None else np.asarray(latent_weight, np.float64)
+    n_lat = int(lat.max()) + 1 if (lat >= 0).any() else 0
+    # pass 1: S_cj = sum_{s in j} J_cs, one tangent per latent (its segments' indicator)
+    S = [np.zeros((n_lat, q.size)) for q in q0]
+    for j0 in range(0, n_lat, chunk):
+        js = np.arange(j0, min(j0 + chunk, n_lat))
+        T = np.zeros((chunk, n), np.float32)
+        T[: js.size] = lat[None, :] == js[:, None]
+        for b, r in enumerate(rows(T)):
+            S[b][js] = r[: js.size]
+    # pass 2: the demeaned Jacobian a_cs, one tangent per segment
     for s0 in range(0, n, chunk):
-        idx = np.arange(s0, s0 + chunk) % n
-        live = np.arange(s0, s0 + chunk) < n
-        w = np.where(live, sd[idx], 0.0).astype(np.float32)
-        res = block(jnp.asarray(idx), jnp.asarray(w))
-        g = np.where(live, skew[idx], 0.0)
-        for b, r in enumerate(res):
-            r = np.asarray(r, np.float64)  # (chunk, C): J_cs sd_s
-            acc2[b] += np.sum(r**2, axis=0)
-            acc3[b] += np.sum(g[:, None] * r**3, axis=0)
+        idx = np.arange(s0, min(s0 + chunk, n))
+        T = np.zeros((chunk, n), np.float32)
+        T[np.arange(idx.size), idx] = 1.0
+        has = lat[idx] >= 0
+        for b, r in enumerate(rows(T)):
+            a = r[: idx.size]  # (k, C): J_cs
+            a = a - np.where(has, w_lat[idx], 0.0)[:, None] * S[b][np.maximum(lat[idx], 0)]
+            acc2[b] += np.sum(var[idx, None] * a**2, axis=0)
+            acc3[b] += np.sum(k3[idx, None] * a**3, axis=0)
     out = []
     for q, a2, a3 in zip(q0, acc2, acc3, strict=True):
         qq = np.maximum(q, 1.0)
