@@ -410,7 +410,8 @@ def channel_charge_straggling(
         has = lat[idx] >= 0
         for b, r in enumerate(rows(T)):
             a = r[: idx.size]  # (k, C): J_cs
-            a = a - np.where(has, w_lat[idx], 0.0)[:, None] * S[b][np.maximum(lat[idx], 0)]
+            if n_lat:
+                a = a - np.where(has, w_lat[idx], 0.0)[:, None] * S[b][np.maximum(lat[idx], 0)]
             acc2[b] += np.sum(var[idx, None] * a**2, axis=0)
             acc3[b] += np.sum(k3[idx, None] * a**3, axis=0)
     out = []
