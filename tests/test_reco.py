@@ -77,7 +77,7 @@ def test_reco_vs_true_plot_shows_matched_tracks(card, muons, tmp_path):
     """The half-fake figure: one row per matched track, written as a PNG (issue 13 item 4)."""
     import matplotlib.image as mpimg
 
-    from lartpc_bayes.reco.evaluate import plot_reco_vs_true
+    from lartpc_bayes.results.plots import plot_reco_vs_true
 
     segs, hits = muons
     res = reconstruct(hits, card)

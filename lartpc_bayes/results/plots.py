@@ -1,6 +1,7 @@
 """PNG figures of a results DataTree (:mod:`lartpc_bayes.results`): corner/pair plot with the
 true values, trace plot, posterior-predictive comparisons and the posterior correlation beside the
-Hessian pseudo-correlation.
+Hessian pseudo-correlation; and, for the half-fake validation, reconstructed against true
+tracks (:func:`plot_reco_vs_true`).
 
 Matplotlib with the non-interactive "Agg" backend (unless one was chosen already); the
 ``mplhep`` ROOT style is used if mplhep is installed (it is not a dependency), else a clean
@@ -272,3 +273,44 @@ def plot_ppc(dt: xr.DataTree, card: DetectorCard | None, path: str | Path) -> Pa
 
 def tick_note(tick_us: float) -> str:
     return f"1 tick = {tick_us:g} us"
+
+
+def plot_reco_vs_true(card: DetectorCard, segments, res, path,
+                      max_tracks: int = 6, title: str = ""):
+    """PNG of reconstructed against true tracks, one row per matched reconstructed track (at most
+    ``max_tracks``, selected first): the hit points and the reco polyline over the true chord, in
+    the pixel plane (u, v) and in (u, nominal drift distance d), cm, local frame of the track's
+    TPC. The title of each row gives the direction error (deg) and the two end errors (cm)."""
+    from ..reco.evaluate import match_tracks
+
+    rows = [r for r in match_tracks(card, segments, res) if r["truth"] is not None]
+    rows.sort(key=lambda r: (not r["selected"], -r["length_true"]))
+    rows = rows[:max_tracks]
+    if not rows:
+        raise ValueError("plot_reco_vs_true: no reconstructed track matches a true one")
+    with _style():
+        fig, axs = plt.subplots(len(rows), 2, figsize=(8.0, 2.6 * len(rows)), squeeze=False)
+        for ax2, r in zip(axs, rows, strict=True):
+            tr = res.tracks[r["reco"]]
+            a, b = r["truth"]["a"], r["truth"]["b"]
+            for ax, (i, j, lab) in zip(ax2, ((0, 1, "v"), (0, 2, "d (nominal drift)")),
+                                       strict=True):
+                pts = np.stack([tr.points.u, tr.points.v, tr.d], 1)
+                ax.scatter(pts[:, i], pts[:, j], s=4, c="0.6", label="hit points")
+                ax.plot([a[i], b[i]], [a[j], b[j]], "-", color="#d62728", lw=2.5, alpha=0.6,
+                        label="true")
+                ax.plot(tr.vertices[:, i], tr.vertices[:, j], "--o", color="#1f77b4", ms=3,
+                        lw=1.2, label="reco")
+                ax.set_xlabel("u [cm]")
+                ax.set_ylabel(f"{lab} [cm]")
+            e1, e2 = r["end_err_cm"]
+            ax2[0].set_title(f"event {tr.event} TPC {tr.tpc}: {r['length_true']:.1f} cm, "
+                             f"{'selected' if r['selected'] else 'not selected'}"
+                             f"{', stopping' if r['stopping'] else ''}", fontsize=8)
+            ax2[1].set_title(f"angle err {r['angle_err_deg']:.2f} deg, ends {e1:.2f} / {e2:.2f} cm",
+                             fontsize=8)
+        axs[0, 0].legend(fontsize=7, loc="best")
+        if title:
+            fig.suptitle(title, fontsize=9)
+        fig.tight_layout()
+    return _save(fig, path)

@@ -98,13 +98,12 @@ def run_seed(seed: int, out: Path, length_cm: float, min_angle_deg: float,
 def plot_tracks(seeds: list[int], path: Path, length_cm: float, min_angle_deg: float,
                 max_tracks: int = 3) -> Path:
     """One PNG of reconstructed against true tracks of the campaign's data: the ``max_tracks``
-    longest selected tracks of each seed stacked (:func:`lartpc_bayes.reco.evaluate.
+    longest selected tracks of each seed stacked (:func:`lartpc_bayes.results.plots.
     plot_reco_vs_true` per seed, then the images joined)."""
     import matplotlib.image as mpimg
 
-    from ..reco.evaluate import plot_reco_vs_true
     from ..reco.pipeline import reconstruct
-    from ..results.plots import _save, plt
+    from ..results.plots import _save, plot_reco_vs_true, plt
 
     parts = []
     for s in seeds:
