@@ -332,11 +332,13 @@ def build_problem(
     if latent_prior == "derived" and n_lat:
         problem.prior = derived_latent_prior(card, segments, s2l, n_lat, generator_config)
     if charge_fluctuations:
-        problem.charge_straggling = charge_straggling(problem, segments, generator_config)
-        _, var, k3, _ = segment_straggling(problem, segments, generator_config)
+        seg = segment_straggling(problem, segments, generator_config)
+        w = latent_weights(segments, s2l, n_lat)
+        problem.charge_straggling = charge_straggling(problem, segments, generator_config,
+                                                      segment=seg, weights=w)
+        _, var, k3, _ = seg
         # around the latent's mean m_j = sum w_s X_s: X_s - m_j has variance ~ (1 - w_s) Var_s
         # and third cumulant ~ (1 - w_s)^3 kappa3_s (the other segments' share is O(w^2))
-        w = latent_weights(segments, s2l, n_lat)
         problem.segment_cumulants = np.stack([var * (1 - w), k3 * (1 - w) ** 3], 1)
     return problem
 
@@ -407,8 +409,9 @@ def segment_straggling(problem: CalibrationProblem, segments: Segments,
     return dedx, var, k3, stop
 
 
-def charge_straggling(problem: CalibrationProblem, segments: Segments,
-                      generator_config=None) -> tuple[np.ndarray, ...]:
+def charge_straggling(problem: CalibrationProblem, segments: Segments, generator_config=None,
+                      *, segment: tuple[np.ndarray, ...] | None = None,
+                      weights: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
     """Per bucket, (C, 2): the relative sd and relative third cumulant of every channel's charge
     from the straggling of the segments feeding it, around the latent mean
     (:func:`lartpc_bayes.forward.latent_prior.channel_charge_straggling`), at the card's nominal
@@ -419,13 +422,14 @@ def charge_straggling(problem: CalibrationProblem, segments: Segments,
     linear propagation is corrected by the exact ratios of
     :func:`lartpc_bayes.forward.latent_prior.charge_cumulant_ratios` (a 0.4 cm MIP segment: sd
     x 0.93, third cumulant x 0.72). Stopping segments (Bohr, relative width of a few %) stay
-    linear."""
+    linear. ``segment`` and ``weights``: :func:`segment_straggling` and :func:`latent_weights`
+    when the caller has them already (computed here otherwise)."""
     from .forward.generator import GeneratorConfig
     from .forward.latent_prior import channel_charge_straggling, charge_cumulant_ratios
 
     card = problem.card
     cfg = generator_config or GeneratorConfig()
-    dedx, var, k3, stop = segment_straggling(problem, segments, generator_config)
+    dedx, var, k3, stop = segment or segment_straggling(problem, segments, generator_config)
     params = DetectorParams(*(jnp.asarray(card.nominal()[p], jnp.float32) for p in PARAM_NAMES))
     mip = ~stop
     if mip.any():
@@ -442,10 +446,10 @@ def charge_straggling(problem: CalibrationProblem, segments: Segments,
         var[mip] *= r2
         k3[mip] *= r3
     s2l = problem.seg_to_latent
+    if weights is None:
+        weights = latent_weights(segments, s2l, problem.n_latent)
     return channel_charge_straggling(problem.plan, card, dedx, var, params, k3_dEdx_seg=k3,
-                                     seg_to_latent=s2l,
-                                     latent_weight=latent_weights(segments, s2l,
-                                                                  problem.n_latent))
+                                     seg_to_latent=s2l, latent_weight=weights)
 
 
 def latent_weights(segments: Segments, seg_to_latent: np.ndarray, n_latent: int) -> np.ndarray:
@@ -478,8 +482,8 @@ def straggled_dEdx(dEdx_seg: jax.Array, cumulants: jax.Array, params: DetectorPa
     ``E[h(X)] < h(m)``: to third order ``E[h(X)] = h(m) + h2(m) k2 / 2 + h3(m) k3 / 6`` (h2, h3
     the second and third derivatives), which is ``h(m + delta)`` with ``delta = (h2 k2 / 2 +
     h3 k3 / 6) / h1(m)``. For a 0.4 cm MIP segment at the Module-0 nominal Birks parameters the
-    charge is 0.73 % below that of its mean (Monte Carlo of the truncated Landau: the same to
-    0.01 %, tests/test_latent_prior.py); without this the fit reads the deficit as lower A_B and
+    charge is 0.65 % below that of its mean (Monte Carlo of the truncated Landau: the same to
+    0.02 %, tests/test_priors_latent.py); without this the fit reads the deficit as lower A_B and
     k_B (they trade with the latents), a bias that grows with track length. Derivatives of h by
     forward mode (any recombination model of the card)."""
     m = dEdx_seg

@@ -64,4 +64,3 @@ def match_tracks(card: DetectorCard, segments: Segments, res: RecoResult) -> lis
             "stopping": tr.stopping, "angle_deg": tr.angle_deg,
         })
     return rows
-

@@ -190,15 +190,15 @@ def main(argv=None) -> int:
     if a.plot:
         print(plot_tracks(seeds, Path(a.plot), a.length, a.min_angle))
         return 0
-    if not a.summary:  # provenance of the campaign: commit and versions (one file per start)
-        from .records import _atomic_write_json, versions
-
-        _atomic_write_json(out / f"config_seeds{a.seeds}.json",
-                           {"seeds": a.seeds, "length_cm": a.length, "min_angle_deg": a.min_angle,
-                            "versions": versions()})
     if a.summary:
         print(summarize(out))
         return 0
+    from .records import _atomic_write_json, versions
+
+    # provenance of the campaign: commit and versions (one file per start)
+    _atomic_write_json(out / f"config_seeds{a.seeds}.json",
+                       {"seeds": a.seeds, "length_cm": a.length, "min_angle_deg": a.min_angle,
+                        "versions": versions()})
     for s in seeds:
         run_seed(s, out, a.length, a.min_angle)
     print(summarize(out))
