@@ -138,7 +138,7 @@ def latent_segments(
 
 
 #: latent sites besides the calibration parameters (MIP dE/dx, stopping end points, geometry)
-LATENT_SITES = ("z_dEdx", "end_shift_cm", "geo_z", "tpc_drift_offset_cm")
+LATENT_SITES = ("z_dEdx", "end_shift_cm", "geo_z", "geo_tilt_z", "tpc_drift_offset_cm")
 
 #: rms of the latent end point of a stopping track along the track, cm: range straggling of a
 #: 200-500 MeV/c proton (~1.2 % of its 10-50 cm range, PDG "Passage of particles through matter"
@@ -558,17 +558,24 @@ def calibration_model(problem: CalibrationProblem, hits=None):
 def _geometry_device(problem: CalibrationProblem, device, E):
     """Geometry sites (reco/geometry.py): per-track offsets ``geo_z`` ~ N(0, I_3) scaled by the
     track fit's Cholesky factor (deterministic ``geo_shift_cm``, (T, 3) in (u, v, d) cm), and the
-    per-TPC drift offset ``tpc_drift_offset_cm`` ~ N(0, sd_card); drift from measured time."""
+    per-TPC drift offset ``tpc_drift_offset_cm`` ~ N(0, sd_card); per-track direction changes
+    ``geo_tilt_z`` ~ N(0, I_2) mapped by the perpendicular basis and the direction prior's
+    Cholesky factor (deterministic ``geo_tilt``, (T, 3) rad); drift from measured time."""
     g = problem.geometry
-    shift = tpc = None
+    shift = tpc = tilt = None
     if g.n_tracks:
         z = numpyro.sample("geo_z", dist.Normal(jnp.zeros((g.n_tracks, 3)), 1.0).to_event(2))
         shift = numpyro.deterministic("geo_shift_cm", jnp.einsum("tij,tj->ti", jnp.asarray(
             g.chol, z.dtype), z))
+    if g.has_tilt:
+        w = numpyro.sample("geo_tilt_z", dist.Normal(jnp.zeros((g.n_tracks, 2)), 1.0).to_event(2))
+        a = np.einsum("tij,tjk->tik", g.tilt_basis, g.tilt_chol)  # (T, 3, 2) on the host
+        tilt = numpyro.deterministic("geo_tilt", jnp.einsum("tij,tj->ti", jnp.asarray(a, w.dtype),
+                                                            w))
     if g.tpc_offset_sd > 0:
         with numpyro.plate("tpc", g.n_tpc):
             tpc = numpyro.sample("tpc_drift_offset_cm", dist.Normal(0.0, g.tpc_offset_sd))
-    return apply_geometry(device, g, E, problem.card.physics.temperature_K, shift, tpc)
+    return apply_geometry(device, g, E, problem.card.physics.temperature_K, shift, tpc, tilt)
 
 
 def build_reco_problem(card: DetectorCard, res, hits, *, geometry_latents: bool = True,

@@ -137,6 +137,87 @@ def test_geometry_shift_equals_moved_segments(card):
     assert np.allclose(np.asarray(same[0].dl), np.asarray(plan.sub.dl), rtol=1e-6)
 
 
+def _pixel_charge(plan, dev, dEdx, params, card) -> dict[int, float]:
+    """Total expected charge per pixel (electrons) of a planned (and possibly moved) device."""
+    import jax
+
+    from lartpc_bayes.forward.charge import expected_charge
+
+    out: dict[int, float] = {}
+    qs = jax.jit(expected_charge, static_argnames=("card", "n_sigma"))(dev, dEdx, params, card)
+    for ch, (q, _) in zip(plan.channels, qs, strict=True):
+        for pix, qq in zip(np.asarray(ch.pixel), np.asarray(q[:, -1]), strict=True):
+            if pix >= 0:
+                out[int(pix)] = out.get(int(pix), 0.0) + float(qq)
+    return out
+
+
+def test_geometry_tilt_equals_rotated_track(card):
+    """A direction latent (rotation about the fit centroid by ``eta``, segment ``s`` moved by
+    ``lambda_s eta``) gives the charge of every pixel that planning the rotated track gives."""
+    import jax.numpy as jnp
+
+    from lartpc_bayes.data import make_segments
+    from lartpc_bayes.detector.physics import nominal_params
+    from lartpc_bayes.forward.charge import plan_charge
+    from lartpc_bayes.reco.geometry import ProblemGeometry, apply_geometry
+    from lartpc_bayes.reco.tracks import local_to_card
+
+    # a 6 cm track in the pixel plane at 25 cm drift (u, v, d), in 12 segments of 0.5 cm
+    a, b = np.array([1.0, 2.0, 25.0]), np.array([1.3, 8.0, 25.5])
+    n = (b - a) / np.linalg.norm(b - a)
+    c = 0.5 * (a + b)
+    eta = np.cross(n, [0.0, 0.0, 1.0])
+    eta = 0.02 * eta / np.linalg.norm(eta)  # 20 mrad in-plane: 0.6 mm at the ends
+
+    def to_card(x):  # local (u, v, d) -> card frame of TPC 0
+        return local_to_card(card, np.zeros(len(x), np.int64), x)
+
+    f = np.linspace(0.0, 1.0, 13)[:, None]
+    pts = a + f * (b - a)
+    lam = (0.5 * (pts[:-1] + pts[1:]) - c) @ n
+    rot = pts + ((pts - c) @ n)[:, None] * eta
+    seg = make_segments(to_card(pts[:-1]), to_card(pts[1:]),
+                        2.1 * np.linalg.norm(pts[1:] - pts[:-1], axis=1))
+    moved = make_segments(to_card(rot[:-1]), to_card(rot[1:]), seg.dE)
+    params = nominal_params(card)
+    dEdx = jnp.full(seg.n, 2.1)
+    geom = ProblemGeometry(True, np.zeros(seg.n, np.int64), np.zeros(seg.n, np.int64),
+                           np.full(seg.n, 0.08), np.eye(3)[None] * 0.01, 0.0, 2,
+                           nominal_drift_velocity(card), np.zeros((1, 3, 2)), np.eye(2)[None],
+                           lam)
+    plan = plan_charge(card, seg, margin_cm=geom.margin_cm + 0.1, pad=True)
+    dev = apply_geometry(plan.device, geom, params.E, card.physics.temperature_K,
+                         jnp.zeros((1, 3)), None, jnp.asarray(eta)[None])
+    q_tilt = _pixel_charge(plan, dev, dEdx, params, card)
+    plan_r = plan_charge(card, moved, pad=True)
+    q_rot = _pixel_charge(plan_r, plan_r.device, dEdx, params, card)
+    q_flat = _pixel_charge(plan, plan.device, dEdx, params, card)
+    pix = sorted(set(q_rot) | set(q_tilt))
+    qt = np.array([q_tilt.get(p, 0.0) for p in pix])
+    qr = np.array([q_rot.get(p, 0.0) for p in pix])
+    qf = np.array([q_flat.get(p, 0.0) for p in pix])
+    # the tilt moves 14 % of the charge between pixels; the model differs from the rotated plan
+    # (the model moves whole segments by their midpoint's lever arm: <= 0.25 cm x 20 mrad)
+    assert np.abs(qf - qr).sum() > 0.05 * qr.sum()
+    assert np.abs(qt - qr).sum() < 0.05 * np.abs(qf - qr).sum()  # measured 0.018
+
+
+def test_quantization_floor():
+    """A track along a pixel column keeps the full pixel-quantization uncertainty (p / sqrt 12
+    offset, p / L direction); a diagonal track crossing 50 columns has it divided by sqrt 50."""
+    from lartpc_bayes.reco.geometry import quantization_floor
+
+    w, q, t = quantization_floor(np.array([0.0, 1.0, 0.0]), 30.0, 0.4)
+    assert np.allclose(w, [-1.0, 0.0, 0.0]) and q == pytest.approx(0.4 / np.sqrt(12))
+    assert t == pytest.approx(0.4 / 30.0)
+    n = np.array([1.0, 1.0, 0.0]) / np.sqrt(2)
+    w, q2, t2 = quantization_floor(n, 20.0 * np.sqrt(2), 0.4)
+    assert abs(w @ n) < 1e-12 and w[2] == 0.0
+    assert q2 == pytest.approx(q / np.sqrt(50))
+    assert t2 == pytest.approx(np.sqrt(12) * q2 / (20 * np.sqrt(2)))
+
+
 def test_packets_and_hit_file_give_the_same_reconstruction(card, muons, tmp_path):
     """Packets written by the package's writer and read back give the same hits, hence the same
     reconstruction and problem (so the same fit, checked in the slow test)."""

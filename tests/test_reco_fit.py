@@ -47,7 +47,9 @@ def test_truth_free_hit_file_fits_end_to_end(tmp_path, capsys):
     assert "t0: hit file" in report and "1 of 1 tracks selected" in report
     dt = load_datatree(tmp_path / "fit.nc")
     assert "E" in dt["posterior"].data_vars
-    assert "geo_z" in dt["posterior"].data_vars or "geo_shift_cm" in dt["posterior"].data_vars
+    post = dt["posterior"]
+    assert post["geo_shift_cm"].dims[-2:] == ("track", "uvd")
+    assert post["geo_tilt"].dims[-2:] == ("track", "uvd")
     assert dt.attrs["reco_t0_source"].startswith("hit file")
     assert (tmp_path / "fit.reco.h5").exists()
 

@@ -288,7 +288,7 @@ def plan_charge(
     pad: bool = False,
     min_charge_e: float = 0.0,
     dEdx_margin: float = DEDX_MARGIN,
-    margin_cm: float = 0.0,
+    margin_cm: float | np.ndarray = 0.0,
 ) -> ChargePlan:
     """Chop segments, choose pixel channels and window lengths on the host (static shapes).
 
@@ -316,8 +316,9 @@ def plan_charge(
         it at the floor (:func:`lartpc_bayes.likelihood.hits_to_table`). 0 keeps every channel
         (the simulator's choice, so fake data keep their noise hits on those pixels).
     margin_cm : in-plane shift (cm) of the sub-points that the pixel set must cover (geometry
-        latents, :mod:`lartpc_bayes.reco.geometry`): pad fractions are bounded over pads widened
-        by the margin on each side. 0 (default) leaves the plan unchanged.
+        latents, :mod:`lartpc_bayes.reco.geometry`), one number or one per segment: pad
+        fractions are bounded over pads widened by the margin on each side. 0 (default) leaves
+        the plan unchanged.
     """
     segments.validate()
     g = card.geometry
@@ -341,8 +342,9 @@ def plan_charge(
     td_max = drift / v_min
     sig_t_max = np.sqrt(2 * dt_hi * td_max + SIGMA_T_FLOOR_CM**2)
     sig_t_min = np.sqrt(2 * dt_lo * drift / v_max + SIGMA_T_FLOOR_CM**2)
-    nb = max(1, math.ceil((n_sigma * float(sig_t_max.max(initial=0.0)) + margin_cm)
-                         / g.pixel_pitch_cm))
+    margin = np.broadcast_to(np.asarray(margin_cm, np.float64), (segments.n,))[seg_of][:, None]
+    nb = max(1, math.ceil((n_sigma * float(sig_t_max.max(initial=0.0))
+                           + float(margin.max(initial=0.0))) / g.pixel_pitch_cm))
     off = np.arange(-nb, nb + 1)
     oi, oj = (a.ravel() for a in np.meshgrid(off, off, indexing="ij"))
     u = pos[:, g.plane_axes[0]]
@@ -359,8 +361,8 @@ def plan_charge(
     def max_frac(lo, sig_lo, sig_hi):
         # largest pad fraction over sigma in [sig_lo, sig_hi] (fraction is monotone in sigma away
         # from the pad and maximal at the smallest sigma when the centre is inside the pad)
-        f1 = np.asarray(pad_fraction(lo - margin_cm, lo + p + margin_cm, sig_lo[:, None]))
-        f2 = np.asarray(pad_fraction(lo - margin_cm, lo + p + margin_cm, sig_hi[:, None]))
+        f1 = np.asarray(pad_fraction(lo - margin, lo + p + margin, sig_lo[:, None]))
+        f2 = np.asarray(pad_fraction(lo - margin, lo + p + margin, sig_hi[:, None]))
         return np.maximum(f1, f2)
 
     keep = (

@@ -53,6 +53,8 @@ def nominal_init(problem: CalibrationProblem) -> dict[str, jnp.ndarray]:
     geo = getattr(problem, "geometry", None)  # geometry latents at the reconstructed tracks
     if geo is not None and geo.n_tracks:
         init["geo_z"] = jnp.zeros((geo.n_tracks, 3), jnp.float32)
+    if geo is not None and geo.has_tilt:
+        init["geo_tilt_z"] = jnp.zeros((geo.n_tracks, 2), jnp.float32)
     if geo is not None and geo.tpc_offset_sd > 0:
         init["tpc_drift_offset_cm"] = jnp.zeros(geo.n_tpc, jnp.float32)
     return init

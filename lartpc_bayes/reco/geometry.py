@@ -29,6 +29,25 @@ reconstructed or true segments (issue 12 item 4). The plan (pixel set, windows) 
 the host; it is planned with a transverse margin of ``margin_sd`` prior sd
 (``plan_charge(margin_cm=...)``) so that it covers the shifts, and the shifts act on the
 sub-point drift distances and the pad edges inside the jitted charge model.
+
+Direction latents. A track whose direction is fixed at the reconstructed one cannot follow data
+that locate it to tens of microns along its whole length (half-fake seed 18: a track 0.7 deg from
+a pixel column, reconstructed 4 mrad off, pinned D_T 8 sd away; docs/reconstruction.md). Per track
+a small rotation about the fit centroid ``c``: ``eta_k = B_k M_k w_k``, ``w_k ~ N(0, I_2)`` (site
+``geo_tilt_z``), with ``B_k`` (3, 2) an orthonormal basis perpendicular to the direction ``n_k``
+and ``M_k M_k^T = B_k^T C_dir B_k`` (deterministic ``geo_tilt``, (T, 3), rad). A segment at
+signed distance ``lambda_s = (x_s - c) . n`` along the track moves by
+``delta_k + lambda_s eta_k`` (first order in the angle; the length change is second order).
+
+Pixel quantization floor. The line fit's covariances assume independent point errors. Across the
+pixel axis that a track runs along, the points carry the pixel-centre quantization error
+(uniform, sd ``p / sqrt(12)``), which averages only over the ``n_q = L min(|n_u|, |n_v|) / p``
+pixel-column crossings of the track (at least 1). Both priors get it in quadrature along the
+in-plane perpendicular ``w = (-n_v, n_u, 0) / |.|`` (it has no drift component: drift is measured
+by time): offset ``q^2 = p^2 / (12 n_q)``, direction ``12 q^2 / L^2`` (the least-squares slope
+variance of ``n_q`` independent blocks spread over ``L``). For a track crossing tens of columns
+the floor is below the fit's own covariance; for the seed-18 track (n_q = 1, L = 28.8 cm) it is
+1.15 mm and 14 mrad, covering the measured 0.76 mm and 4.3 mrad errors.
 """
 
 from __future__ import annotations
@@ -56,6 +75,10 @@ class ProblemGeometry:
     chol : (T, 3, 3) Cholesky factors of the per-track offset prior covariance (u, v, d), cm.
     tpc_offset_sd : prior sd of the per-TPC drift offset (0: no such latent), cm.
     v_nom : placement drift velocity, cm/us.
+    tilt_basis : (T, 3, 2) orthonormal basis perpendicular to each track direction (None: no
+        direction latents). tilt_chol : (T, 2, 2) Cholesky factor of the direction prior
+        covariance in that basis, rad. seg_lever : (N,) signed distance of each segment's midpoint
+        from its track's fit centroid along the direction, cm.
     """
 
     from_drift_time: bool
@@ -66,18 +89,33 @@ class ProblemGeometry:
     tpc_offset_sd: float
     n_tpc: int
     v_nom: float
+    tilt_basis: np.ndarray | None = None
+    tilt_chol: np.ndarray | None = None
+    seg_lever: np.ndarray | None = None
 
     @property
     def n_tracks(self) -> int:
         return int(self.chol.shape[0])
 
     @property
-    def margin_cm(self) -> float:
-        """Transverse plan margin: 3 prior sd of the largest per-track in-plane shift."""
+    def has_tilt(self) -> bool:
+        return self.tilt_basis is not None and self.n_tracks > 0
+
+    @property
+    def margin_cm(self) -> np.ndarray | float:
+        """Transverse plan margin per segment: 3 prior sd of its largest in-plane shift (offset
+        plus lever arm times tilt), cm; 0 for segments without a geometry track."""
         if self.n_tracks == 0:
             return 0.0
-        var = np.einsum("tij,tij->ti", self.chol, self.chol)[:, :2]
-        return float(3.0 * np.sqrt(var.max()))
+        var = np.einsum("tij,tij->ti", self.chol, self.chol)[:, :2]  # (T, 2) in-plane variances
+        has = self.seg_track >= 0
+        st = np.maximum(self.seg_track, 0)
+        v_seg = var[st]
+        if self.has_tilt:
+            a = np.einsum("tij,tjk->tik", self.tilt_basis, self.tilt_chol)  # (T, 3, 2)
+            tvar = np.einsum("tij,tij->ti", a, a)[:, :2]
+            v_seg = v_seg + self.seg_lever[:, None] ** 2 * tvar[st]
+        return np.where(has, 3.0 * np.sqrt(v_seg.max(axis=1)), 0.0)
 
 
 def card_drift_offset_sd(card: DetectorCard) -> float:
@@ -96,30 +134,78 @@ def _seg_tpc_and_cos(card: DetectorCard, segments) -> tuple[np.ndarray, np.ndarr
     return tpc, np.clip(cos, 0.0, 1.0)
 
 
+def quantization_floor(direction: np.ndarray, length_cm: float, pitch_cm: float
+                       ) -> tuple[np.ndarray, float, float]:
+    """Pixel-quantization prior floor of a straight track (module docstring).
+
+    Returns (w, q, t): the in-plane unit vector ``w`` perpendicular to the direction (u, v, d),
+    the offset floor sd ``q = p / sqrt(12 n_q)`` (cm) and the direction floor sd
+    ``t = sqrt(12) q / L`` (rad), ``n_q = max(1, L min(|n_u|, |n_v|) / p)``.
+    """
+    n = np.asarray(direction, np.float64)
+    nuv = float(np.hypot(n[0], n[1]))
+    w = np.array([-n[1], n[0], 0.0]) / nuv if nuv > 1e-9 else np.array([1.0, 0.0, 0.0])
+    n_q = max(1.0, length_cm * min(abs(n[0]), abs(n[1])) / pitch_cm)
+    q = pitch_cm / np.sqrt(12.0 * n_q)
+    return w, float(q), float(np.sqrt(12.0) * q / max(length_cm, pitch_cm))
+
+
+def _perp_basis(n: np.ndarray) -> np.ndarray:
+    """(3, 2) orthonormal basis of the plane perpendicular to the unit vector ``n``."""
+    _, vecs = np.linalg.eigh(np.eye(3) - np.outer(n, n))
+    return vecs[:, 1:]  # eigenvalues (0, 1, 1)
+
+
 def reco_geometry(
     card: DetectorCard,
     reco,
     *,
     track_latents: bool = True,
+    direction_latents: bool = True,
     tpc_offset: bool = False,
     sys_transverse_cm: float = 0.05,
     sys_drift_cm: float = 0.05,
 ) -> ProblemGeometry:
-    """Geometry of reconstructed segments (:class:`lartpc_bayes.reco.RecoSegments`)."""
+    """Geometry of reconstructed segments (:class:`lartpc_bayes.reco.RecoSegments`): per-track
+    offset latents (and, with ``direction_latents``, tilt latents) with priors from the track
+    fit's covariances, the systematic floors and the pixel-quantization floor."""
     segs = reco.segments
     tpc, cos = _seg_tpc_and_cos(card, segs)
     uniq = np.unique(reco.track)
+    basis = tchol = lever = None
     if track_latents and uniq.size:
         seg_track = np.searchsorted(uniq, reco.track)
         floor = np.diag([sys_transverse_cm**2, sys_transverse_cm**2, sys_drift_cm**2])
-        chol = np.stack([np.linalg.cholesky(reco.tracks[int(t)].cov_offset + floor)
-                         for t in uniq])
+        p = card.geometry.pixel_pitch_cm
+        chol, bases, tchols = [], [], []
+        lever = np.zeros(segs.n)
+        g = card.geometry
+        mid = 0.5 * (segs.start + segs.end)
+        mid_loc = np.stack([mid[:, g.plane_axes[0]], mid[:, g.plane_axes[1]],
+                            reco.t_drift.mean(1) * nominal_drift_velocity(card)], 1)
+        for k, t in enumerate(uniq):
+            tr = reco.tracks[int(t)]
+            piece = max(tr.pieces, key=lambda pc: pc.n_eff)
+            w, q, tq = quantization_floor(piece.n, tr.length, p)
+            chol.append(np.linalg.cholesky(tr.cov_offset + floor + q * q * np.outer(w, w)))
+            b = _perp_basis(piece.n)
+            cdir = b.T @ (tr.cov_dir + tq * tq * np.outer(w, w)) @ b
+            bases.append(b)
+            tchols.append(np.linalg.cholesky(cdir + 1e-14 * np.eye(2)))
+            m = seg_track == k
+            lever[m] = (mid_loc[m] - piece.c) @ piece.n
+        chol = np.stack(chol)
+        if direction_latents:
+            basis, tchol = np.stack(bases), np.stack(tchols)
+        else:
+            lever = None
     else:
         seg_track = np.full(segs.n, -1)
         chol = np.zeros((0, 3, 3))
     return ProblemGeometry(True, seg_track.astype(np.int64), tpc.astype(np.int64), cos, chol,
                            card_drift_offset_sd(card) if tpc_offset else 0.0,
-                           len(card.geometry.tpcs), nominal_drift_velocity(card))
+                           len(card.geometry.tpcs), nominal_drift_velocity(card),
+                           basis, tchol, lever)
 
 
 def drift_offset_geometry(card: DetectorCard, segments, sd_cm: float | None = None
@@ -133,10 +219,12 @@ def drift_offset_geometry(card: DetectorCard, segments, sd_cm: float | None = No
 
 
 def apply_geometry(plan_device, geom: ProblemGeometry, E, temperature_K: float,
-                   track_shift=None, tpc_offset=None):
+                   track_shift=None, tpc_offset=None, track_tilt=None):
     """The device plan with drift distances, sub-point lengths and pad edges moved (pure JAX).
 
-    track_shift : (T, 3) cm per geometry track in (u, v, d); tpc_offset : (n_tpc,) cm.
+    track_shift : (T, 3) cm per geometry track in (u, v, d); tpc_offset : (n_tpc,) cm;
+    track_tilt : (T, 3) rad, the change of each track's unit direction (segment ``s`` moves by
+    ``track_shift + seg_lever[s] * track_tilt``).
     """
     sub, buckets = plan_device
     seg = sub.seg
@@ -153,7 +241,11 @@ def apply_geometry(plan_device, geom: ProblemGeometry, E, temperature_K: float,
     if track_shift is not None and geom.n_tracks:
         st = jnp.asarray(geom.seg_track)[seg_c]
         has = (st >= 0).astype(drift.dtype)
-        sh = track_shift[jnp.maximum(st, 0)] * has[:, None]
+        sh = track_shift[jnp.maximum(st, 0)]
+        if track_tilt is not None and geom.has_tilt:
+            lev = jnp.asarray(geom.seg_lever, drift.dtype)[seg_c]
+            sh = sh + lev[:, None] * track_tilt[jnp.maximum(st, 0)]
+        sh = sh * has[:, None]
         drift = drift + sh[:, 2]
         du, dv = sh[:, 0], sh[:, 1]
     if tpc_offset is not None and geom.tpc_offset_sd > 0:

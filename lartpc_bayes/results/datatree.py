@@ -190,6 +190,13 @@ def latent_truth(problem, dEdx_segments: np.ndarray, dx: np.ndarray | None = Non
         return num / den
 
 
+#: sites besides the free parameters kept in ``posterior`` and ``prior``: the dE/dx latents, the
+#: stopping-track end points and the reconstructed geometry (offsets (u, v, d) cm and direction
+#: changes (u, v, d) rad per track, per-TPC drift offsets cm)
+POSTERIOR_SITES = ("dEdx", "z_dEdx", "end_shift_cm", "geo_shift_cm", "geo_tilt",
+                   "tpc_drift_offset_cm")
+
+
 def to_datatree(
     fit,
     problem,
@@ -229,7 +236,7 @@ def to_datatree(
         if p not in samples:
             raise KeyError(f"fit has no samples of free parameter {p!r}")
         post[p] = samples[p].astype(np.float64)
-    for k in ("dEdx", "z_dEdx", "end_shift_cm"):
+    for k in POSTERIOR_SITES:
         if k in samples:
             post[k] = samples[k].astype(np.float64)
     chains, draws = post[free[0]].shape[:2] if free else next(iter(post.values())).shape[:2]
@@ -245,15 +252,16 @@ def to_datatree(
         data["posterior_predictive"] = {"hits": pp if pp.ndim == 5 else _with_chain(pp)}
     if prior is not None:
         pr = {k: _with_chain(np.asarray(prior[k], np.float64))
-              for k in (*free, "dEdx", "z_dEdx", "end_shift_cm") if k in prior}
+              for k in (*free, *POSTERIOR_SITES) if k in prior}
         if pr:
             data["prior"] = pr
         if "hits" in prior:
             data["prior_predictive"] = {"hits": _with_chain(np.asarray(prior["hits"], np.int32))}
 
     dims = {"dEdx": ["latent"], "z_dEdx": ["latent"], "end_shift_cm": ["stopping"],
-            "hits": HIT_DIMS}
-    coords = {"field": FIELDS, "latent": np.arange(n_lat)}
+            "geo_shift_cm": ["track", "uvd"], "geo_tilt": ["track", "uvd"],
+            "tpc_drift_offset_cm": ["tpc"], "hits": HIT_DIMS}
+    coords = {"field": FIELDS, "latent": np.arange(n_lat), "uvd": ["u", "v", "d"]}
     dt = azb.from_dict(data, dims=dims, coords=coords)
     if not stats:
         dt["sample_stats"].attrs["note"] = (f"{fit.method}: no sampler statistics (not MCMC)")
