@@ -36,7 +36,6 @@ def _fit(path, out, capsys):
     return capsys.readouterr().out
 
 
-@pytest.mark.slow
 def test_truth_free_hit_file_fits_end_to_end(tmp_path, capsys):
     """``fit`` on a hit file without truth: reconstruct, select, geometry latents, MAP+Laplace
     (E free, 5 cm of track); the output states its t0 source and carries the geometry sites."""
