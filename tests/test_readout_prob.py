@@ -558,3 +558,30 @@ def test_straggling_trigger_and_marks_match_mc(straggle):
                 # arrives (steep's last slot, -7 %) is a toy artefact: the plan's windows end on
                 # the plateau after the last charge has arrived
                 assert abs(q_m / q_x - 1) < 0.01, (name, a, q_m, q_x)
+
+
+@pytest.mark.parametrize("mode", [True, "timing"])
+def test_held_charge_given_the_trigger_node_is_the_gaussian_regression(mode):
+    """The mark's moments given the comparator offset v at the trigger tick, against a Monte
+    Carlo of rho ~ N(0, sigma_r) and Gaussian scales (k = 0) e_t, e_h of sd f: one shared scale
+    (``trigger=True``: e_h = e_t) or independent ones (``"timing"``). The regression is linear,
+    so the conditional mean and variance are exact; tolerances: 5 MC standard errors."""
+    from lartpc_bayes.likelihood.readout_prob import held_charge_moments
+
+    el = load_card("module0").electronics
+    f, q_t, q = 0.15, 6000.0, 9000.0
+    rng = np.random.default_rng(3)
+    n = 2_000_000
+    rho = rng.normal(0.0, el.reset_noise_e, n)
+    e_t = rng.normal(0.0, f, n)
+    e_h = e_t if mode is True else rng.normal(0.0, f, n)
+    v = rho + e_t * q_t
+    held = rho + (1.0 + e_h) * q
+    for v0 in (-1200.0, 0.0, 900.0):
+        sel = np.abs(v - v0) < 25.0
+        mu, var = held_charge_moments(jnp.asarray(v0), jnp.asarray(q), el,
+                                      jnp.asarray([f, 0.0]), jnp.asarray(q_t), mode)
+        h = held[sel]
+        se = h.std() / np.sqrt(h.size)
+        assert float(mu) == pytest.approx(h.mean(), abs=5 * se + 2.0)
+        assert float(var) == pytest.approx(h.var(), rel=5 * np.sqrt(2.0 / h.size) + 0.01)

@@ -47,6 +47,11 @@ from .readout_prob import (
     sequential_log_prob,
 )
 
+#: how the straggling below the latent enters (LikelihoodConfig.straggling) -> the ``trigger``
+#: argument of the readout's hit terms: False (the mark only), True (trigger times and held
+#: charge with one shared scale), "timing" (trigger times; held charge with an independent scale)
+STRAGGLING_MODES: dict[str, bool | str] = {"mark": False, "trigger": True, "timing": "timing"}
+
 
 @dataclass(frozen=True)
 class LikelihoodConfig:
@@ -58,8 +63,11 @@ class LikelihoodConfig:
     are counted at the floor, see :func:`hit_list_sizes`); max_lag: lag band of the later reset rows
     (0 = exact, see :func:`lartpc_bayes.likelihood.readout_prob.readout_tensors`); straggling: how
     the charge straggling below the latent enters when the problem has it: "mark" (default, the
-    charge mark's variance only) or "trigger" (also the trigger times, with its skew; module
-    docstring of readout_prob and docs/inference.md for why it is not the default yet)."""
+    charge mark's variance only), "trigger" (also the trigger times, with its skew, one scale
+    shared by the trigger and the held charge; module docstring of readout_prob and
+    docs/inference.md for why it is not the default yet) or "timing" (the trigger times as
+    "trigger", the held charge's scale independent of the trigger's:
+    :func:`lartpc_bayes.likelihood.readout_prob.held_charge_moments`)."""
 
     kind: str = "ppp"
     eps: float = 1e-8
@@ -77,9 +85,9 @@ class LikelihoodConfig:
             raise ValueError(f"likelihood floor must be 'hard' or 'smooth', got {self.floor!r}")
         if self.mark not in ("gaussian", "exact"):
             raise ValueError(f"likelihood mark must be 'gaussian' or 'exact', got {self.mark!r}")
-        if self.straggling not in ("mark", "trigger"):
-            raise ValueError("likelihood straggling must be 'mark' or 'trigger', got "
-                             f"{self.straggling!r}")
+        if self.straggling not in STRAGGLING_MODES:
+            raise ValueError(f"likelihood straggling must be one of {sorted(STRAGGLING_MODES)}, "
+                             f"got {self.straggling!r}")
         if not 0 < self.eps < 1:
             raise ValueError(f"likelihood eps must be in (0, 1), got {self.eps}")
 
@@ -191,7 +199,7 @@ def log_likelihood(
     # and evaluated in one vmap (one copy of the hit term per program, not one per bucket)
     n_rows = max((_lag_band(b.window, el, config.max_lag) for b in buckets), default=0)
     rows, adcs, oks = [], [], []
-    trig = config.straggling == "trigger"
+    trig = STRAGGLING_MODES[config.straggling]
     for i, ((Q, origin), b, tb) in enumerate(zip(charges, buckets, _split(table, buckets),
                                                   strict=True)):
         f = None if charge_straggling is None else charge_straggling[i]

@@ -278,12 +278,19 @@ def straggling_nodes(x: jax.Array, el: Electronics, straggling, q):
     return sv * jnp.expm1(s * x - 0.5 * s * s) / r
 
 
-def held_charge_moments(v, q, el: Electronics, straggling, q_t, trigger: bool = True):
+def held_charge_moments(v, q, el: Electronics, straggling, q_t, trigger: bool | str = True):
     """Mean and extra variance (electrons, e^2) of the held charge ``rho + (1 + e) q`` given the
     node v at the trigger tick (charge ``q_t``): ``v + q`` and None without straggling; with it
     ``v + q + beta v (q - q_t)`` and ``gamma^2 (q - q_t)^2`` (module docstring; the Gaussian
     regression of e on the offset, with the node's skewed value). ``trigger`` False (the scale in
-    the mark only, v the reset-noise node): ``v + q`` and ``(f q)^2``."""
+    the mark only, v the reset-noise node): ``v + q`` and ``(f q)^2``.
+
+    ``trigger="timing"``: the node v = rho + e_t q_t sets the trigger time, but the held charge's
+    scale e_h is independent of e_t (the opposite bound to the shared e: the early charge that
+    fires the comparator and the charge held H ticks later come from different segments). Then
+    ``E[rho | v] = v sigma_r^2 / sigma_v^2`` and ``Var[rho | v] = sigma_r^2 (f q_t)^2 /
+    sigma_v^2`` (Gaussian regression), so the mean is ``q + v sigma_r^2 / sigma_v^2`` and the
+    extra variance ``sigma_r^2 (f q_t)^2 / sigma_v^2 + (f q)^2``."""
     if straggling is None:
         return v + q, None
     f = straggling[..., 0]
@@ -292,6 +299,8 @@ def held_charge_moments(v, q, el: Electronics, straggling, q_t, trigger: bool = 
     sr2 = el.reset_noise_e**2
     f2 = f * f
     sv2 = sr2 + f2 * q_t * q_t
+    if trigger == "timing":
+        return q + v * (sr2 / sv2), sr2 * f2 * q_t * q_t / sv2 + f2 * q * q
     d = q - q_t
     return v + q + (f2 * q_t / sv2) * v * d, (f2 * sr2 / sv2) * d * d
 
@@ -353,7 +362,7 @@ def hit_rows(Q: jax.Array, rt: ReadoutTensors, chan: jax.Array, t: jax.Array, el
 
 
 def hit_rows_intensity(rows: HitRows, adc: jax.Array, el: Electronics, n_nodes: int = N_NODES,
-                       mark: str = "gaussian", trigger: bool = True) -> jax.Array:
+                       mark: str = "gaussian", trigger: bool | str = True) -> jax.Array:
     """PPP log intensity ``log(lambda(t) P(code | t))`` of hits from their :class:`HitRows`.
 
     One logsumexp over row 0 and the candidate rows of [log P(trigger at t, node k) +
@@ -397,7 +406,7 @@ def hit_rows_intensity(rows: HitRows, adc: jax.Array, el: Electronics, n_nodes: 
 def hit_log_intensity(
     Q: jax.Array, rt: ReadoutTensors, chan: jax.Array, t: jax.Array, adc: jax.Array,
     el: Electronics, n_nodes: int = N_NODES, mark: str = "gaussian", straggling=None,
-    trigger: bool = True,
+    trigger: bool | str = True,
 ) -> jax.Array:
     """PPP log intensity of hits of one bucket: ``log(lambda(t) P(code | t))``, mixed over rows
     and rho (:func:`hit_rows` then :func:`hit_rows_intensity`).
@@ -420,7 +429,7 @@ def hit_log_intensity(
 def sequential_log_prob(
     Q: jax.Array, rt: ReadoutTensors, t: jax.Array, adc: jax.Array, valid: jax.Array,
     el: Electronics, log_eps: float, n_nodes: int = N_NODES, mark: str = "gaussian",
-    straggling=None, trigger: bool = True,
+    straggling=None, trigger: bool | str = True,
 ) -> jax.Array:
     """Exact sequential log-likelihood of each channel's observed hit sequence, (C,).
 
