@@ -22,6 +22,13 @@ Variants:
   nodes, no lag band, exact ADC-bin marks), to see whether what is left is the readout's
   approximations.
 
+* ``landau-trigger`` / ``landau-timing``: ``landau`` with the straggling below the latent also
+  in the trigger times (``LikelihoodConfig(straggling="trigger")``: one scale shared with the held
+  charge; ``"timing"``: the held charge's scale independent of the trigger's).
+
+Each record also has the latent dE/dx pulls (posterior mean minus the true latent mean, in
+posterior sd): their mean and sd over the sample's latents.
+
 One fit per (seed, variant), each in this process one after the other; JSON written atomically
 to ``benchmarks/results/offset_source.json`` (merged by (seed, variant) with an existing file).
 """
@@ -41,7 +48,7 @@ import fit_memory as FM
 SCHEMA = "lartpc_bayes.benchmarks.offset_source/1"
 DEFAULT_OUT = C.RESULTS / "offset_source.json"
 LENGTH_CM = 150.0
-VARIANTS = ("landau", "flat", "flat-converged", "landau-fine")
+VARIANTS = ("landau", "flat", "flat-converged", "landau-fine", "landau-trigger", "landau-timing")
 #: latent length of the ``landau-fine`` variant, cm: about one generated segment per latent
 FINE_LATENT_CM = 0.5
 
@@ -57,10 +64,11 @@ def fit_one(seed: int, variant: str, length_cm: float = LENGTH_CM) -> dict:
     from lartpc_bayes.infer import LaplaceFitter
     from lartpc_bayes.likelihood import LikelihoodConfig
     from lartpc_bayes.model import build_problem
+    from lartpc_bayes.results import latent_truth
 
     card = load_card("module0")
     seg = generate_length(card, "muons", length_cm, seed, n0=4)
-    if variant != "landau":
+    if variant.startswith("flat"):
         key = seg.event_id.astype(np.int64) * 100000 + seg.track_id
         _, inv = np.unique(key, return_inverse=True)
         mean = np.bincount(inv, weights=seg.dE) / np.bincount(inv, weights=seg.dx)
@@ -69,9 +77,13 @@ def fit_one(seed: int, variant: str, length_cm: float = LENGTH_CM) -> dict:
     hits, _ = simulate_hits(jax.random.key(seed), card, seg, DetectorParams.from_dict(truth))
     cfg = (LikelihoodConfig(n_nodes=16, max_lag=0, mark="exact")
            if variant == "flat-converged" else None)
+    if variant in ("landau-trigger", "landau-timing"):
+        cfg = LikelihoodConfig(straggling=variant.split("-")[1])
     fine = variant == "landau-fine"
     problem = build_problem(card, seg, hits, latent_length_cm=FINE_LATENT_CM if fine else 5.0,
-                            charge_fluctuations=variant == "landau", likelihood=cfg)
+                            charge_fluctuations=variant in ("landau", "landau-trigger",
+                                                            "landau-timing"),
+                            likelihood=cfg)
     t0 = time.perf_counter()
     fit = LaplaceFitter(problem).fit(seed=seed, num_draws=2000)
     out = {"seed": seed, "variant": variant, "length_cm": float(seg.dx.sum()),
@@ -81,6 +93,12 @@ def fit_one(seed: int, variant: str, length_cm: float = LENGTH_CM) -> dict:
         for p in PARAM_NAMES:
             d = np.asarray(fit["draws"][p])
             out["pulls"][p] = float((d.mean() - truth[p]) / d.std())
+        if problem.n_latent:
+            lt = latent_truth(problem, seg.dEdx, seg.dx)
+            d = np.asarray(fit["draws"]["dEdx"]).reshape(-1, problem.n_latent)
+            z = (d.mean(0) - lt) / d.std(0)
+            z = z[np.isfinite(z)]
+            out["latent_pulls"] = {"mean": float(z.mean()), "sd": float(z.std()), "n": int(z.size)}
     return out
 
 
@@ -98,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             r = fit_one(s, v, a.length)
             r["git"] = C.git_state()
             fits[(s, v)] = r
-            print(json.dumps({k: r[k] for k in ("seed", "variant", "ok", "pulls")}), flush=True)
+            print(json.dumps({k: r.get(k) for k in ("seed", "variant", "ok", "fit_s", "pulls",
+                                                    "latent_pulls")}), flush=True)
             FM._write_atomic(a.out, {"schema": SCHEMA, "machine": C.machine_info(),
                                      "versions": C.versions(), "length_cm": a.length,
                                      "fits": sorted(fits.values(),
