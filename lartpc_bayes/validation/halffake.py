@@ -207,14 +207,16 @@ def main(argv=None) -> int:
         return 0
     from .records import _atomic_write_json, versions
 
-    # provenance of the campaign: commit and versions (one file per start)
-    _atomic_write_json(out / f"config_seeds{a.seeds}.json",
-                       {"seeds": a.seeds, "length_cm": a.length, "min_angle_deg": a.min_angle,
-                        "versions": versions()})
     fits = tuple(f.strip() for f in a.fits.split(",") if f.strip())
     bad = sorted(set(fits) - set(FITS))
     if bad:
         ap.error(f"--fits: unknown fit(s) {bad}; known: {', '.join(FITS)}")
+    # provenance of the campaign: commit and versions, one file per (seeds, fits) start, so that
+    # a campaign run in passes keeps every pass's stamp
+    tag = "" if fits == FITS else "_" + "-".join(fits)
+    _atomic_write_json(out / f"config_seeds{a.seeds}{tag}.json",
+                       {"seeds": a.seeds, "fits": list(fits), "length_cm": a.length,
+                        "min_angle_deg": a.min_angle, "versions": versions()})
     for s in seeds:
         run_seed(s, out, a.length, a.min_angle, fits)
     print(summarize(out))
