@@ -569,9 +569,8 @@ def _geometry_device(problem: CalibrationProblem, device, E):
             g.chol, z.dtype), z))
     if g.has_tilt:
         w = numpyro.sample("geo_tilt_z", dist.Normal(jnp.zeros((g.n_tracks, 2)), 1.0).to_event(2))
-        a = np.einsum("tij,tjk->tik", g.tilt_basis, g.tilt_chol)  # (T, 3, 2) on the host
-        tilt = numpyro.deterministic("geo_tilt", jnp.einsum("tij,tj->ti", jnp.asarray(a, w.dtype),
-                                                            w))
+        tilt = numpyro.deterministic("geo_tilt", jnp.einsum(
+            "tij,tj->ti", jnp.asarray(g.tilt_map, w.dtype), w))
     if g.tpc_offset_sd > 0:
         with numpyro.plate("tpc", g.n_tpc):
             tpc = numpyro.sample("tpc_drift_offset_cm", dist.Normal(0.0, g.tpc_offset_sd))

@@ -102,6 +102,11 @@ class ProblemGeometry:
         return self.tilt_basis is not None and self.n_tracks > 0
 
     @property
+    def tilt_map(self) -> np.ndarray:
+        """(T, 3, 2): ``B_k M_k``, the map from ``geo_tilt_z`` to the direction change (rad)."""
+        return np.einsum("tij,tjk->tik", self.tilt_basis, self.tilt_chol)
+
+    @property
     def margin_cm(self) -> np.ndarray | float:
         """Transverse plan margin per segment: 3 prior sd of its largest in-plane shift (offset
         plus lever arm times tilt), cm; 0 for segments without a geometry track."""
@@ -112,7 +117,7 @@ class ProblemGeometry:
         st = np.maximum(self.seg_track, 0)
         v_seg = var[st]
         if self.has_tilt:
-            a = np.einsum("tij,tjk->tik", self.tilt_basis, self.tilt_chol)  # (T, 3, 2)
+            a = self.tilt_map
             tvar = np.einsum("tij,tij->ti", a, a)[:, :2]
             v_seg = v_seg + self.seg_lever[:, None] ** 2 * tvar[st]
         return np.where(has, 3.0 * np.sqrt(v_seg.max(axis=1)), 0.0)
@@ -176,29 +181,27 @@ def reco_geometry(
     if track_latents and uniq.size:
         seg_track = np.searchsorted(uniq, reco.track)
         floor = np.diag([sys_transverse_cm**2, sys_transverse_cm**2, sys_drift_cm**2])
-        p = card.geometry.pixel_pitch_cm
-        chol, bases, tchols = [], [], []
-        lever = np.zeros(segs.n)
         g = card.geometry
+        chol, bases, tchols = [], [], []
+        lever = np.zeros(segs.n) if direction_latents else None
         mid = 0.5 * (segs.start + segs.end)
         mid_loc = np.stack([mid[:, g.plane_axes[0]], mid[:, g.plane_axes[1]],
                             reco.t_drift.mean(1) * nominal_drift_velocity(card)], 1)
         for k, t in enumerate(uniq):
             tr = reco.tracks[int(t)]
             piece = max(tr.pieces, key=lambda pc: pc.n_eff)
-            w, q, tq = quantization_floor(piece.n, tr.length, p)
+            w, q, tq = quantization_floor(piece.n, tr.length, g.pixel_pitch_cm)
             chol.append(np.linalg.cholesky(tr.cov_offset + floor + q * q * np.outer(w, w)))
-            b = _perp_basis(piece.n)
-            cdir = b.T @ (tr.cov_dir + tq * tq * np.outer(w, w)) @ b
-            bases.append(b)
-            tchols.append(np.linalg.cholesky(cdir + 1e-14 * np.eye(2)))
-            m = seg_track == k
-            lever[m] = (mid_loc[m] - piece.c) @ piece.n
+            if direction_latents:
+                b = _perp_basis(piece.n)
+                cdir = b.T @ (tr.cov_dir + tq * tq * np.outer(w, w)) @ b
+                bases.append(b)
+                tchols.append(np.linalg.cholesky(cdir + 1e-14 * np.eye(2)))
+                m = seg_track == k
+                lever[m] = (mid_loc[m] - piece.c) @ piece.n
         chol = np.stack(chol)
         if direction_latents:
             basis, tchol = np.stack(bases), np.stack(tchols)
-        else:
-            lever = None
     else:
         seg_track = np.full(segs.n, -1)
         chol = np.zeros((0, 3, 3))

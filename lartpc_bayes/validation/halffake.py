@@ -53,14 +53,13 @@ def _summ(fit, problem, truth, t_s: float) -> dict:
         out["params"][p] = {"mean": float(x.mean()), "sd": float(x.std()),
                             "q05": float(np.quantile(x, 0.05)), "q95": float(np.quantile(x, 0.95)),
                             "truth": truth[p]}
-    if "geo_shift_cm" in fit.samples:
-        g = np.asarray(fit.samples["geo_shift_cm"]).reshape(-1, problem.geometry.n_tracks, 3)
-        out["geo_shift_mean_cm"] = g.mean(0).tolist()
-        out["geo_shift_sd_cm"] = g.std(0).tolist()
-    if "geo_tilt" in fit.samples:
-        g = np.asarray(fit.samples["geo_tilt"]).reshape(-1, problem.geometry.n_tracks, 3)
-        out["geo_tilt_mean_mrad"] = (1e3 * g.mean(0)).tolist()
-        out["geo_tilt_sd_mrad"] = (1e3 * g.std(0)).tolist()
+    # per track (u, v, d): offsets in cm, direction changes in mrad
+    for site, key, unit, scale in (("geo_shift_cm", "geo_shift", "cm", 1.0),
+                                   ("geo_tilt", "geo_tilt", "mrad", 1e3)):
+        if site in fit.samples:
+            g = scale * np.asarray(fit.samples[site]).reshape(-1, problem.geometry.n_tracks, 3)
+            out[f"{key}_mean_{unit}"] = g.mean(0).tolist()
+            out[f"{key}_sd_{unit}"] = g.std(0).tolist()
     return out
 
 
