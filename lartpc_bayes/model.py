@@ -528,8 +528,9 @@ def calibration_model(problem: CalibrationProblem, hits=None):
                 SplitStudentT(0.0, pr["s_left"] / s, pr["s_right"] / s, pr["nu_left"],
                               pr["nu_right"]),
             )
-        dEdx = numpyro.deterministic("dEdx", dEdx_from_z(pr, z))
-        dEdx_seg = dEdx[jnp.asarray(np.maximum(problem.seg_to_latent, 0))]
+        # jnp: z is a numpy array when substituted with a numpy init value
+        dEdx = numpyro.deterministic("dEdx", jnp.asarray(dEdx_from_z(pr, z)))
+        dEdx_seg = dEdx[np.maximum(problem.seg_to_latent, 0)]
     st = problem.stopping
     if st is not None and st.n:
         with numpyro.plate("stopping", st.n):

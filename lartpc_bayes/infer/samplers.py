@@ -9,6 +9,7 @@ MAP + Laplace is :mod:`lartpc_bayes.infer.laplace`.
 
 from __future__ import annotations
 
+import functools
 import time
 
 import jax
@@ -138,8 +139,10 @@ def run_nuts(
     """
     if chain_method is None:
         chain_method = "parallel" if jax.local_device_count() >= num_chains else "sequential"
+    # The problem is static (host-side index tables, shapes): close over it so that parallel
+    # chains (pmap over the model's arguments) trace only the observed hits.
     kernel = NUTS(
-        calibration_model,
+        functools.partial(calibration_model, problem),
         init_strategy=init_to_value(values=init or drift_field_scan(problem, seed=seed)),
         dense_mass=dense_mass,
         target_accept_prob=target_accept,
@@ -158,7 +161,6 @@ def run_nuts(
     t0 = time.perf_counter()
     mcmc.run(
         jax.random.key(seed),
-        problem,
         extra_fields=("diverging", "energy", "num_steps", "accept_prob"),
         **_model_kwargs(problem),
     )
