@@ -316,7 +316,7 @@ def make_report(root: str | Path = "docs/validation",
     """Write every figure and ``root/tables.md`` from the data present, and replace the block
     between the ``validation-tables`` markers of ``doc`` (if present) with the same tables;
     return the tables."""
-    from .campaign import PRESETS
+    from .campaign import PRESETS, campaign_segments
     from .records import collect
 
     root, figdir = Path(root), Path(figdir)
@@ -335,16 +335,21 @@ def make_report(root: str | Path = "docs/validation",
         stamp = (f"commit {str(ver.get('git_commit', '?'))[:10]}"
                  + (f" + uncommitted {dirty}" if dirty else "")
                  + f", jax {ver.get('jax', '?')}, numpyro {ver.get('numpyro', '?')}")
+        lik = cfg.likelihood + ("" if cfg.straggling == "mark" else f", {cfg.straggling}")
         if cfg.kind == "sbc":
             summ = sbc_summary(df)
             how = cfg.method + (" + importance sampling"
                                 if cfg.importance and cfg.method == "laplace" else "")
             parts.append(sbc_table(summ, f"{name}: {nrep} replicas of {cfg.n_replicas} planned "
-                                         f"({cfg.likelihood}, {how}; {stamp})"))
+                                         f"({lik}, {how}; {stamp})"))
             sbc_figures(df, name, figdir)
         else:
-            parts.append(f"**{name}: {nrep} targets of {cfg.n_replicas} planned ({stamp})**\n\n"
-                         + closure_table(closure_summary(df)))
+            _, seg = campaign_segments(cfg)
+            t = df.drop_duplicates("replica")
+            what = (f"{float(seg.dx.sum()):.0f} cm of track in {cfg.n_tracks} {cfg.sample}, "
+                    f"median {t['n_hits'].median():.0f} hits, {lik}, {cfg.method}")
+            parts.append(f"**{name}: {nrep} targets of {cfg.n_replicas} planned ({what}; "
+                         f"{stamp})**\n\n" + closure_table(closure_summary(df)))
             closure_figure(df, figdir, name)
         t = df.drop_duplicates("replica")
         parts.append(
