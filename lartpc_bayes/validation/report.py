@@ -336,6 +336,7 @@ def make_report(root: str | Path = "docs/validation",
                  + (f" + uncommitted {dirty}" if dirty else "")
                  + f", jax {ver.get('jax', '?')}, numpyro {ver.get('numpyro', '?')}")
         lik = cfg.likelihood + ("" if cfg.straggling == "mark" else f", {cfg.straggling}")
+        t = df.drop_duplicates("replica")  # one row per replica: timings, hits, convergence
         if cfg.kind == "sbc":
             summ = sbc_summary(df)
             how = cfg.method + (" + importance sampling"
@@ -345,13 +346,11 @@ def make_report(root: str | Path = "docs/validation",
             sbc_figures(df, name, figdir)
         else:
             _, seg = campaign_segments(cfg)
-            t = df.drop_duplicates("replica")
             what = (f"{float(seg.dx.sum()):.0f} cm of track in {cfg.n_tracks} {cfg.sample}, "
                     f"median {t['n_hits'].median():.0f} hits, {lik}, {cfg.method}")
             parts.append(f"**{name}: {nrep} targets of {cfg.n_replicas} planned ({what}; "
                          f"{stamp})**\n\n" + closure_table(closure_summary(df)))
             closure_figure(df, figdir, name)
-        t = df.drop_duplicates("replica")
         parts.append(
             f"\n{name}: fit time per replica median "
             f"{t['map_s'].median() + t['hessian_s'].median():.1f} s "
