@@ -203,6 +203,15 @@ def versions() -> dict:
                                      "optax", "blackjax")}
 
 
+def write_result(path: Path, schema: str, **payload) -> None:
+    """Write a study's JSON atomically with the provenance every result file carries: schema,
+    machine, package versions and git state, then ``payload``."""
+    import fit_memory  # the atomic writer; imported here because it imports this module
+
+    fit_memory._write_atomic(path, {"schema": schema, "machine": machine_info(),
+                                    "versions": versions(), "git": git_state(), **payload})
+
+
 def peak_rss_mb() -> float:
     """Peak resident set size of this process (Linux ru_maxrss is in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

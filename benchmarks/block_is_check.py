@@ -20,7 +20,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C
-import fit_memory as FM
 
 SCHEMA = "lartpc_bayes.benchmarks.block_is_check/1"
 NUTS_JSON = C.RESULTS / "block_nuts_check.json"
@@ -54,10 +53,8 @@ def main() -> int:
         print(f"{p} IS {x.mean():.5g} +- {x.std():.3g}  NUTS {r['nuts_mean']:.5g} +- "
               f"{r['nuts_sd']:.3g}  IS-NUTS/sd_nuts {rows[p]['mean_diff_in_nuts_sd']:.2f}  "
               f"sd ratio IS/NUTS {rows[p]['sd_ratio_is_over_nuts']:.2f}")
-    FM._write_atomic(DEFAULT_OUT, {
-        "schema": SCHEMA, "machine": C.machine_info(), "git": C.git_state(),
-        "versions": C.versions(), "problem": info, "fit_s": wall,
-        "pareto_k": fit.get("pareto_k"), "is_ess": fit.get("is_ess"), "parameters": rows})
+    C.write_result(DEFAULT_OUT, SCHEMA, problem=info, fit_s=wall, pareto_k=fit.get("pareto_k"),
+                   is_ess=fit.get("is_ess"), parameters=rows)
     return 0
 
 

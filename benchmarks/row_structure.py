@@ -32,7 +32,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C
-import fit_memory as FM
 
 SCHEMA = "lartpc_bayes.benchmarks.row_structure/1"
 DEFAULT_OUT = C.RESULTS / "row_structure.json"
@@ -111,8 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v)
                               for k, v in r.items()}), flush=True)
             rows.append(r)
-    FM._write_atomic(a.out, {"schema": SCHEMA, "machine": C.machine_info(),
-                             "versions": C.versions(), "git": C.git_state(), "rows": rows})
+    C.write_result(a.out, SCHEMA, rows=rows)
     return 0
 
 

@@ -32,7 +32,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C
-import fit_memory as FM
 
 SCHEMA = "lartpc_bayes.benchmarks.trigger_offset/1"
 DEFAULT_OUT = C.RESULTS / "trigger_offset.json"
@@ -140,8 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         r = run_seed(s, a.replicas)
         print(json.dumps(r), flush=True)
         runs.append(r)
-    FM._write_atomic(a.out, {"schema": SCHEMA, "machine": C.machine_info(),
-                             "versions": C.versions(), "git": C.git_state(), "runs": runs})
+    C.write_result(a.out, SCHEMA, runs=runs)
     return 0
 
 
